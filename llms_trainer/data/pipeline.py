@@ -1,0 +1,175 @@
+"""The pretraining data chain, source → tokens → mixture → rows → batches, with exact resume.
+
+`PretrainData` is an IterableDataset that yields whole micro-batches, each tagged with the chain state
+*after* it. Every (rank, DataLoader worker) pair is one data *unit* reading its own records.
+`ResumableLoader` wraps the DataLoader, keeps the latest state of each worker and which worker delivers the
+next batch, and on resume gives each new worker the state of the worker whose turn it now is, so the
+resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .mixing import Mixture, TokenizedSource, mixture_report
+from .packing import Packer, collate_rows
+from .records import pretrain_text
+from .shards import ShardInfo
+from .stream import SourceStream
+
+
+def make_encoder(tokenizer):
+    """Batched fast-tokenizer encoding: [BOS] + ids + [EOS] per text."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [bos + row + eos for row in ids]
+
+    return encode
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id used for padding: the pad token, else EOS, else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+@dataclass
+class PretrainSpec:
+    """Everything that defines a pretraining data chain (built from the `data:` config section)."""
+
+    sources: dict[str, list[ShardInfo]]
+    weights: dict[str, float]
+    seq_length: int
+    batch_size: int
+    mode: str = "concat"  # packing.SEQUENCE_MODES
+    pad_to_max: bool = False
+    seed: int = 0
+    max_epochs: int | None = None  # None: sources repeat forever (step-limited training)
+    buffer_records: int = 1024
+    tokenize_batch_docs: int = 64
+    extra: dict = field(default_factory=dict)
+
+
+class Chain:
+    """The chain of one data unit: its sources' streams, the mixture, the packer."""
+
+    def __init__(self, spec: PretrainSpec, tokenizer, unit: int, num_units: int):
+        encode = make_encoder(tokenizer)
+        self.streams = {
+            name: SourceStream(shards, seed=spec.seed, unit=unit, num_units=num_units,
+                               buffer_records=spec.buffer_records, max_epochs=spec.max_epochs)
+            for name, shards in spec.sources.items()
+        }
+        sources = {n: TokenizedSource(s, pretrain_text, encode, spec.tokenize_batch_docs)
+                   for n, s in self.streams.items()}
+        self.mixture = Mixture(sources, spec.weights)
+        self.packer = Packer(self.mixture, spec.seq_length, spec.mode, seed=spec.seed * 100003 + unit)
+        self.unit = unit
+
+    def state_dict(self) -> dict:
+        return {"unit": self.unit, "mixture": self.mixture.state_dict(), "packer": self.packer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mixture.load_state_dict(state["mixture"])
+        self.packer.load_state_dict(state["packer"])
+
+    def report(self, state: dict | None = None) -> dict:
+        return mixture_report((state or self.state_dict())["mixture"], self.streams)
+
+
+class PretrainData(IterableDataset):
+    """Micro-batches `{"input_ids", "labels", "attention_mask", "state"}` for one rank."""
+
+    def __init__(self, spec: PretrainSpec, tokenizer, rank: int = 0, world_size: int = 1):
+        self.spec, self.tokenizer, self.rank, self.world_size = spec, tokenizer, rank, world_size
+        self.worker_states: list[dict] | None = None  # set by ResumableLoader, one per worker slot
+        self.pad_id = pad_id_of(tokenizer)
+
+    def chain_for(self, worker: int, num_workers: int) -> Chain:
+        """The chain of a worker: a fresh unit, or the unit and position its slot's state names."""
+        num_units = self.world_size * num_workers
+        state = self.worker_states[worker] if self.worker_states else None
+        unit = state["unit"] if state else self.rank * num_workers + worker
+        chain = Chain(self.spec, self.tokenizer, unit, num_units)
+        if state:
+            chain.load_state_dict(state)
+        return chain
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        if info:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        chain = self.chain_for(worker, num_workers)
+        pad_to = self.spec.seq_length if (self.spec.pad_to_max or self.spec.mode == "concat") else None
+        rows: list[list[int]] = []
+        for row in chain.packer:
+            rows.append(row)
+            if len(rows) == self.spec.batch_size:
+                yield {**collate_rows(rows, self.pad_id, pad_to), "state": chain.state_dict()}
+                rows = []
+        if rows:
+            yield {**collate_rows(rows, self.pad_id, pad_to), "state": chain.state_dict()}
+
+
+def _identity(batch: dict) -> dict:
+    return batch
+
+
+class ResumableLoader:
+    """Iterates micro-batches of a `PretrainData`; `state_dict()` resumes exactly after the last one."""
+
+    def __init__(self, dataset: PretrainData, num_workers: int = 0, prefetch_factor: int | None = None):
+        self.dataset, self.num_workers = dataset, num_workers
+        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
+        self.worker_states = [dataset.chain_for(w, max(1, num_workers)).state_dict() for w in range(max(1, num_workers))]
+        self.batches = 0  # batches delivered since the slots were last aligned
+
+    def state_dict(self) -> dict:
+        slots = len(self.worker_states)
+        return {"num_workers": self.num_workers, "next_worker": self.batches % slots,
+                "worker_states": list(self.worker_states)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_workers"] != self.num_workers:
+            raise ValueError(f"data state was saved with train_num_workers={state['num_workers']}, this run has "
+                             f"{self.num_workers}; resume with the same value")
+        slots, first = len(self.worker_states), state["next_worker"]
+        self.worker_states = [state["worker_states"][(i + first) % slots] for i in range(slots)]
+        self.batches = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.dataset.worker_states = list(self.worker_states)
+        self.batches = 0
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=self.prefetch_factor, collate_fn=_identity,
+                            persistent_workers=False)
+        slots = len(self.worker_states)
+        for batch in loader:
+            self.worker_states[self.batches % slots] = batch.pop("state")
+            self.batches += 1
+            yield batch
+
+    def report(self) -> dict:
+        """Tokens, share and epochs per source, summed over this rank's workers."""
+        totals: dict[str, dict[str, float]] = {}
+        chain = Chain(self.dataset.spec, self.dataset.tokenizer, 0, 1)
+        for state in self.worker_states:
+            for name, row in chain.report(state).items():
+                acc = totals.setdefault(name, {"tokens": 0, "epochs": 0.0})
+                acc["tokens"] += row["tokens"]
+                acc["epochs"] = max(acc["epochs"], row["epochs"])
+        grand = max(1, sum(r["tokens"] for r in totals.values()))
+        for row in totals.values():
+            row["share"] = row["tokens"] / grand
+        return totals

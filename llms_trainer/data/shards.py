@@ -1,0 +1,256 @@
+"""Shards on disk: write a source's shards + manifest atomically, list them, read one verified.
+
+Layout (DESIGN §3)::
+
+    <out>/<source>/part-00001.jsonl.zst ...  one zstd frame per shard, content checksum on
+    <out>/<source>/manifest.json              {"source", "format_version", "shards": [...], totals, "bad_lines"}
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "part-{:05d}.jsonl.zst"
+_READ_CHUNK_BYTES = 1 << 20
+
+
+class ShardError(RuntimeError):
+    """A shard or manifest is missing, corrupt or does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as its manifest describes it."""
+
+    path: Path
+    records: int
+    raw_bytes: int
+    zst_bytes: int
+    sha256: str
+
+
+def dump_record(record: dict) -> str:
+    """One record as a JSON line body: UTF-8 text kept literal (no \\u escapes)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+class _ShardWriter:
+    """Accumulates lines into shards of at most `shard_records` records or `shard_bytes` raw bytes."""
+
+    def __init__(self, directory: Path, shard_records: int | None, shard_bytes: int | None, level: int):
+        self.directory = directory
+        self.shard_records = shard_records
+        self.shard_bytes = shard_bytes
+        self.compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+        self.shards: list[dict] = []
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def add(self, line: str) -> None:
+        data = line.encode("utf-8") + b"\n"
+        if self._lines and self._is_full(len(data)):
+            self.flush()
+        self._lines.append(data)
+        self._size += len(data)
+
+    def _is_full(self, incoming: int) -> bool:
+        if self.shard_records is not None and len(self._lines) >= self.shard_records:
+            return True
+        return self.shard_bytes is not None and self._size + incoming > self.shard_bytes
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        raw = b"".join(self._lines)
+        packed = self.compressor.compress(raw)
+        name = SHARD_PATTERN.format(len(self.shards) + 1)
+        (self.directory / name).write_bytes(packed)
+        self.shards.append(
+            {
+                "file": name,
+                "records": len(self._lines),
+                "raw_bytes": len(raw),
+                "zst_bytes": len(packed),
+                "sha256": hashlib.sha256(packed).hexdigest(),
+            }
+        )
+        self._lines, self._size = [], 0
+
+
+def stage_source(
+    lines: Iterable[str],
+    out_dir: str | Path,
+    source: str,
+    *,
+    shard_records: int | None = None,
+    shard_bytes: int | None = 32 << 20,
+    bad_lines: int | Callable[[], int] = 0,
+    level: int = 10,
+) -> tuple[Path, dict]:
+    """Write JSON lines as shards + manifest into a hidden temporary directory inside `out_dir`.
+
+    Nothing visible changes until `commit_source`; an error raised by `lines` removes the temporary
+    directory. `bad_lines` (a count, or a callable read after `lines` is exhausted) goes into the manifest.
+    Returns (temporary directory, manifest).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{source}.tmp-", dir=out_dir))
+    try:
+        writer = _ShardWriter(tmp, shard_records, shard_bytes, level)
+        for line in lines:
+            writer.add(line)
+        writer.flush()
+        manifest = {
+            "source": source,
+            "format_version": FORMAT_VERSION,
+            "shards": writer.shards,
+            "records": sum(s["records"] for s in writer.shards),
+            "raw_bytes": sum(s["raw_bytes"] for s in writer.shards),
+            "zst_bytes": sum(s["zst_bytes"] for s in writer.shards),
+            "bad_lines": bad_lines() if callable(bad_lines) else bad_lines,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return tmp, manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def commit_source(staged: Path, out_dir: str | Path, source: str) -> Path:
+    """Move a staged source into `<out_dir>/<source>`, replacing the old one with renames."""
+    final = Path(out_dir) / source
+    _replace_dir(staged, final)
+    return final
+
+
+def write_source(lines: Iterable[str], out_dir: str | Path, source: str, **options) -> dict:
+    """Stage and commit one source (see `stage_source`); returns its manifest."""
+    staged, manifest = stage_source(lines, out_dir, source, **options)
+    commit_source(staged, out_dir, source)
+    return manifest
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Swap `new` into place of `final` with renames, so readers never see a half-written source."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(source_dir: str | Path) -> dict:
+    """The manifest of one source directory; a clear error when missing or unreadable."""
+    path = Path(source_dir) / MANIFEST
+    if not path.is_file():
+        raise ShardError(
+            f"{path}: no manifest. Shards must be written by data/compress_data.py "
+            f"(python data/compress_data.py --input FILE --output {Path(source_dir).parent})."
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardError(f"{path}: unreadable manifest ({err}); re-run data/compress_data.py") from err
+    if manifest.get("format_version") != FORMAT_VERSION or not isinstance(manifest.get("shards"), list):
+        raise ShardError(f"{path}: not a format_version {FORMAT_VERSION} manifest; re-run data/compress_data.py")
+    return manifest
+
+
+def list_shards(pattern: str | Path) -> list[ShardInfo]:
+    """Shards matching a source directory or a glob of shard files, in manifest order.
+
+    Every matched shard must be listed in its directory's manifest.
+    """
+    pattern = str(pattern)
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "*.jsonl.zst")
+    matched = sorted(Path(p) for p in glob.glob(pattern))
+    if not matched:
+        raise ShardError(f"{pattern}: no shards match. Run data/compress_data.py first or fix the path.")
+    wanted = {p.resolve() for p in matched}
+    shards: list[ShardInfo] = []
+    for directory in sorted({p.parent for p in matched}):
+        manifest = read_manifest(directory)
+        listed = {directory.joinpath(s["file"]).resolve(): s for s in manifest["shards"]}
+        unknown = sorted(str(p) for p in wanted if p.parent == directory.resolve() and p not in listed)
+        if unknown:
+            raise ShardError(f"{unknown[0]}: not listed in {directory / MANIFEST}; re-run data/compress_data.py")
+        for s in manifest["shards"]:
+            path = directory / s["file"]
+            if path.resolve() in wanted:
+                shards.append(ShardInfo(path, s["records"], s["raw_bytes"], s["zst_bytes"], s["sha256"]))
+    return shards
+
+
+_verified: set[tuple[str, str]] = set()
+
+
+def verify_shard(shard: ShardInfo) -> None:
+    """Check size and sha256 against the manifest (once per process per shard)."""
+    key = (str(shard.path.resolve()), shard.sha256)
+    if key in _verified:
+        return
+    try:
+        size = shard.path.stat().st_size
+        digest = hashlib.sha256()
+        with open(shard.path, "rb") as fh:
+            while chunk := fh.read(_READ_CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as err:
+        raise ShardError(f"{shard.path}: cannot read shard ({err})") from err
+    if size != shard.zst_bytes:
+        raise ShardError(
+            f"{shard.path}: truncated or altered shard ({size} bytes, manifest says {shard.zst_bytes}); "
+            "re-run data/compress_data.py"
+        )
+    if digest.hexdigest() != shard.sha256:
+        raise ShardError(f"{shard.path}: corrupt shard (sha256 does not match manifest); re-run data/compress_data.py")
+    _verified.add(key)
+
+
+def iter_shard_lines(shard: ShardInfo, skip: int = 0) -> Iterator[str]:
+    """Lines of one verified shard, streamed (constant memory), after skipping `skip` lines unparsed."""
+    verify_shard(shard)
+    decompressor = zstandard.ZstdDecompressor()
+    try:
+        with open(shard.path, "rb") as fh, decompressor.stream_reader(fh, read_across_frames=True) as raw:
+            text = io.TextIOWrapper(io.BufferedReader(raw, _READ_CHUNK_BYTES), encoding="utf-8")
+            for index, line in enumerate(text):
+                if index >= skip:
+                    yield line
+    except (zstandard.ZstdError, UnicodeDecodeError) as err:
+        raise ShardError(f"{shard.path}: corrupt zstd frame or text ({err}); re-run data/compress_data.py") from err
+
+
+def iter_records(shards: Iterable[ShardInfo]) -> Iterator[dict]:
+    """Every record of the given shards in order (used by tools that read a whole source)."""
+    for shard in shards:
+        for number, line in enumerate(iter_shard_lines(shard), 1):
+            yield parse_shard_line(line, shard.path, number)
+
+
+def parse_shard_line(line: str, path: Path, number: int) -> dict:
+    """One shard line as a record; a clear error naming the shard and line when it is not a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path}:{number}: not JSON inside a shard ({err}); re-run data/compress_data.py") from err
+    if not isinstance(record, dict):
+        raise ShardError(f"{path}:{number}: not a JSON object inside a shard; re-run data/compress_data.py")
+    return record
