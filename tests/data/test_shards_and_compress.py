@@ -106,3 +106,15 @@ def test_script_compresses_and_reports_errors(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "data/compress_data.py"), "--input", str(src),
                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "wiki.jsonl:1" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_skipping_lines_across_decompression_blocks(tmp_path):
+    from llms_trainer.data.shards import iter_shard_lines
+
+    src = write_jsonl(tmp_path / "big.jsonl", text_records(9000, seed=5))  # > 2 MiB raw: several blocks
+    _compress(tmp_path, [src])
+    [shard] = list_shards(tmp_path / "out" / "big")
+    lines = list(iter_shard_lines(shard))
+    assert len(lines) == 9000 and shard.raw_bytes > 2 * (1 << 20)
+    for skip in (0, 1, 2999, 4321, 7777, 8999, 9000):
+        assert list(iter_shard_lines(shard, skip=skip)) == lines[skip:]
