@@ -1,0 +1,230 @@
+"""Sampler viewer: read a data directory, set per-source ratios, save the sample policy the trainer reads.
+
+    streamlit run utils/sampler_viewer/web.py [--server.port 8001]
+
+Defaults come from env vars: SAMPLER_VIEWER_DATA_DIR (data/pretrain_data), SAMPLER_VIEWER_TOKENIZER
+(configs/tokenizers/demo_base), SAMPLER_VIEWER_POLICY_DIR (configs/sample_policy). Relative paths are read from
+the repository root. The logic lives in llms_trainer/sampler_viewer/; this file only lays out the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .` too
+
+from llms_trainer.sampler_viewer.plan import (  # noqa: E402
+    Plan,
+    PolicyExistsError,
+    default_percents,
+    make_plan,
+    parse_percents,
+    plan_unit,
+    policy_from_percents,
+    policy_path,
+    save_policy,
+)
+from llms_trainer.sampler_viewer.sources import (  # noqa: E402
+    MB,
+    TOKENS,
+    Source,
+    ViewerError,
+    count_tokens,
+    load_tokenizer,
+    parse_pasted_sizes,
+    scan_data_dir,
+)
+
+
+def resolve(text: str) -> Path:
+    path = Path(text.strip()).expanduser()
+    return path if path.is_absolute() else ROOT / path
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def amount(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if unit == TOKENS else f"{value / MB:,.3f}"
+
+
+def unit_label(unit: str) -> str:
+    return "tokens" if unit == TOKENS else "raw MB"
+
+
+def sidebar() -> tuple[str, str, str, str]:
+    side = st.sidebar
+    data_dir = side.text_input("Data directory", os.environ.get("SAMPLER_VIEWER_DATA_DIR", "data/pretrain_data"),
+                               key="data_dir", help="shards from data/compress_data.py (data/pretrain_data) or "
+                               "raw jsonl (data/shuffled_data/pretrain); relative to the repository root")
+    tokenizer = side.text_input("Tokenizer directory (token counts)",
+                                os.environ.get("SAMPLER_VIEWER_TOKENIZER", "configs/tokenizers/demo_base"),
+                                key="tokenizer")
+    policy_dir = side.text_input("Policy directory",
+                                 os.environ.get("SAMPLER_VIEWER_POLICY_DIR", "configs/sample_policy"), key="policy_dir")
+    pasted = side.text_area("…or paste sizes (old viewer form)", key="pasted",
+                            help="{name: size, ...} or two CSV lines (names, then sizes). Sizes like 253K, 1.5M, "
+                            "2G; a bare number is MB. Pasted sizes replace the data directory.")
+    return data_dir, os.path.normpath(tokenizer.strip()) if tokenizer.strip() else "", policy_dir, pasted
+
+
+def load_sources(data_dir: str, tokenizer_key: str, pasted: str) -> list[Source]:
+    try:
+        if pasted.strip():
+            st.caption("Sources from pasted sizes (clear the text box to read the data directory).")
+            return parse_pasted_sizes(pasted)
+        sources, warnings = scan_data_dir(resolve(data_dir), tokenizer_key or None)
+    except ViewerError as err:
+        st.error(str(err))
+        st.stop()
+    for warning in warnings:
+        st.warning(warning)
+    st.caption(f"Sources in `{shown(resolve(data_dir))}`")
+    return sources
+
+
+def count_button(sources: list[Source], tokenizer_key: str) -> None:
+    missing = [s for s in sources if s.tokens is None and s.kind != "pasted"]
+    if not missing or not tokenizer_key:
+        return
+    if not st.sidebar.button(f"Count tokens ({len(missing)} source(s))", key="count_tokens"):
+        return
+    try:
+        tokenizer = load_tokenizer(resolve(tokenizer_key))
+        for source in missing:
+            bar = st.progress(0.0, text=f"counting tokens of {source.name}")
+            count_tokens(source, tokenizer, tokenizer_key, progress=lambda f, b=bar, n=source.name: b.progress(
+                f, text=f"counting tokens of {n}"))
+            bar.empty()
+    except ViewerError as err:
+        st.error(str(err))
+
+
+def sources_table(sources: list[Source]) -> None:
+    rows = [{"source": s.name, "kind": s.kind, "raw MB": f"{s.raw_bytes / MB:,.3f}",
+             "compressed MB": "—" if s.zst_bytes is None else f"{s.zst_bytes / MB:,.3f}",
+             "records": "—" if s.records is None else f"{s.records:,}",
+             "tokens": amount(s.tokens, TOKENS), "bad lines": "—" if s.bad_lines is None else s.bad_lines}
+            for s in sources]
+    st.table(pd.DataFrame(rows).set_index("source"))
+
+
+def ratio_inputs(sources: list[Source]) -> dict[str, str]:
+    st.subheader("Ratios (% of training tokens; 0 leaves a source out)")
+    defaults = default_percents(sources)
+    columns = st.columns(min(4, len(sources)))
+    texts = {}
+    for i, source in enumerate(sources):
+        key = f"pct::{source.name}"
+        st.session_state.setdefault(key, f"{defaults[source.name]:g}")
+        texts[source.name] = columns[i % len(columns)].text_input(f"{source.name} %", key=key)
+    return texts
+
+
+def planned_total(sources: list[Source], unit: str) -> float:
+    have = sum(s.tokens if unit == TOKENS else s.raw_bytes for s in sources)
+    if unit != TOKENS:
+        st.caption("Token counts are not known for every source, so amounts are raw bytes (count tokens in the "
+                   "sidebar for the trainer's unit).")
+        return st.number_input("Planned raw MB to train on", min_value=0.001, value=max(0.001, have / MB),
+                               format="%.3f", key="total_raw_mb") * MB
+    how = st.radio("Plan by", ["total tokens", "steps × tokens per step"], horizontal=True, key="plan_by")
+    if how == "total tokens":
+        return float(st.number_input("Total training tokens", min_value=1, value=max(1, int(have)), key="total_tokens"))
+    left, right = st.columns(2)
+    steps = left.number_input("num_training_steps", min_value=1, value=1000, key="steps")
+    per_step = right.number_input("tokens per step (batch × seq_length × accumulation × processes)",
+                                  min_value=1, value=8192, key="tokens_per_step")
+    return float(steps * per_step)
+
+
+def plan_view(plan: Plan) -> None:
+    label = unit_label(plan.unit)
+    if plan.remainder_percent >= 0:
+        st.metric("Unallocated", f"{plan.remainder_percent:.2f} %")
+    else:
+        st.metric("Over-allocated", f"{-plan.remainder_percent:.2f} %")
+    if abs(plan.remainder_percent) > 1e-9:
+        st.caption(f"The trainer normalises ratios: each source gets its ratio ÷ {plan.allocated_percent:g} %.")
+    rows = [{"source": r.name, "ratio %": f"{r.percent:g}", "share %": f"{100 * r.share:.2f}",
+             "original %": f"{100 * r.original_share:.2f}", f"available ({label})": amount(r.available, plan.unit),
+             f"sampled ({label})": amount(r.sampled, plan.unit), "epochs": f"{r.epochs:.3f}"} for r in plan.rows]
+    rows.append({"source": "total", "ratio %": f"{plan.allocated_percent:g}", "share %": "100.00",
+                 "original %": "100.00", f"available ({label})": amount(sum(r.available for r in plan.rows), plan.unit),
+                 f"sampled ({label})": amount(plan.total_sampled, plan.unit), "epochs": ""})
+    st.table(pd.DataFrame(rows).set_index("source"))
+    chart = pd.DataFrame({"original %": [100 * r.original_share for r in plan.rows],
+                          "sampled %": [100 * r.share for r in plan.rows]}, index=[r.name for r in plan.rows])
+    st.bar_chart(chart, stack=False, y_label="% of training amount")
+    if plan.left_out:
+        kept = [r.name for r in plan.rows if r.percent > 0]
+        st.warning(f"Left out (ratio 0): {', '.join(plan.left_out)}. They are omitted from the policy, and the "
+                   f"trainer errors if data.data lists a source the policy lacks: list only {', '.join(kept)}.")
+
+
+def save_section(percents: dict[str, float], policy_dir: str) -> None:
+    st.subheader("Save policy")
+    name = st.text_input("Policy name", "pretrain_mix", key="policy_name")
+    try:
+        policy = policy_from_percents(percents)
+        path = policy_path(resolve(policy_dir), name)
+    except ViewerError as err:
+        st.error(str(err))
+        return
+    st.code(json.dumps(policy, indent=2), language="json")
+    if st.button("Save policy", key="save", type="primary"):
+        write(policy, path, overwrite=False)
+    pending = st.session_state.get("pending_overwrite")
+    if pending:
+        st.warning(f"{shown(Path(pending['path']))} exists. Overwrite it?")
+        yes, no = st.columns(2)
+        if yes.button("Overwrite", key="overwrite"):
+            write(pending["policy"], Path(pending["path"]), overwrite=True)
+        if no.button("Cancel", key="cancel"):
+            st.session_state.pop("pending_overwrite", None)
+            st.info("Not saved.")
+
+
+def write(policy: dict[str, float], path: Path, overwrite: bool) -> None:
+    try:
+        save_policy(policy, path, overwrite=overwrite)
+    except PolicyExistsError:
+        st.session_state["pending_overwrite"] = {"path": str(path), "policy": policy}
+        return
+    except ViewerError as err:
+        st.error(str(err))
+        return
+    st.session_state.pop("pending_overwrite", None)
+    st.success(f"Saved {shown(path)} — use it with data.sample_policy_file: {shown(path)}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Sampler viewer", layout="wide")
+    st.title("Sampler viewer")
+    data_dir, tokenizer_key, policy_dir, pasted = sidebar()
+    sources = load_sources(data_dir, tokenizer_key, pasted)
+    count_button(sources, tokenizer_key)
+    sources_table(sources)
+    texts = ratio_inputs(sources)
+    try:
+        percents = parse_percents(texts)
+        plan = make_plan(sources, percents, planned_total(sources, plan_unit(sources)))
+    except ViewerError as err:
+        st.error(str(err))
+        return
+    plan_view(plan)
+    save_section(percents, policy_dir)
+
+
+main()
