@@ -75,12 +75,10 @@ class Packer:
 def collate_rows(rows: list[list[int]], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Stack rows into input_ids / labels / attention_mask, right-padded to `pad_to` or the longest row."""
     width = pad_to or max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids = torch.tensor(row, dtype=torch.long)
-        input_ids[i, : len(row)] = ids
-        labels[i, : len(row)] = ids
-        attention_mask[i, : len(row)] = 1
+    if all(len(r) == width for r in rows):  # packed rows: no padding to place
+        input_ids = torch.tensor(rows, dtype=torch.long)
+        return {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
+    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

@@ -24,13 +24,23 @@ from .stream import SourceStream
 
 
 def make_encoder(tokenizer):
-    """Batched fast-tokenizer encoding: [BOS] + ids + [EOS] per text."""
+    """Batched encoding: [BOS] + ids + [EOS] per text.
+
+    Fast tokenizers are called through their Rust backend (no offsets, no Python-side BatchEncoding);
+    others through the usual `tokenizer(texts)` call.
+    """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [bos + row + eos for row in ids]
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [bos + e.ids + eos for e in batch(texts, add_special_tokens=False)]
+    else:
+
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [bos + row + eos for row in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     return encode
 
