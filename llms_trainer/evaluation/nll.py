@@ -1,0 +1,99 @@
+"""Held-out negative log-likelihood and perplexity (eval_data/pretrain/nll.jsonl).
+
+Each text is tokenized like a training document: BOS + text + EOS (`encode_document`). Targets are every
+token after BOS (the closing EOS included, as in training); pads are never targets. A text longer
+than `seq_length` tokens is cut into windows of `seq_length` inputs whose targets are the next tokens:
+window k feeds ids[k*L : k*L + L] and predicts ids[k*L + 1 : k*L + L + 1], so every token after BOS is a
+target exactly once (a window's first token is context only; it was the previous window's last target).
+loss = total NLL / number of target tokens (nats per token), ppl = exp(loss).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llms_trainer.evaluation import (
+    EvalDataError,
+    batches,
+    encode_with_bos,
+    eval_mode,
+    gather_results,
+    merge_results,
+    pad_id,
+    rank_share,
+    read_jsonl,
+)
+
+IGNORE_INDEX = -100
+
+
+def load_nll_texts(path: str | Path) -> list[str]:
+    """Texts of a JSONL file of {"text": ...} records ("content" is accepted too)."""
+    texts = []
+    for where, record in read_jsonl(path):
+        text = record.get("text", record.get("content"))
+        if not isinstance(text, str) or not text.strip():
+            raise EvalDataError(f"{where}: needs a non-empty string field 'text' (or 'content')")
+        texts.append(text)
+    return texts
+
+
+def encode_document(tokenizer: Any, text: str) -> list[int]:
+    """BOS + text + EOS token ids, the way the pretraining data path builds a document."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return encode_with_bos(tokenizer, text) + eos
+
+
+def nll_windows(ids: list[int], seq_length: int) -> list[tuple[list[int], list[int]]]:
+    """(inputs, targets) windows of at most seq_length tokens covering targets ids[1:] exactly once."""
+    if seq_length < 1:
+        raise ValueError(f"seq_length must be >= 1, got {seq_length}")
+    windows = []
+    for start in range(0, len(ids) - 1, seq_length):
+        end = min(start + seq_length, len(ids) - 1)
+        windows.append((ids[start:end], ids[start + 1:end + 1]))
+    return windows
+
+
+def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int,
+               device: Any) -> list[tuple[float, int]]:
+    """(summed NLL in nats, number of targets) per window, for one right-padded batch of windows."""
+    width = max(len(inputs) for inputs, _ in windows)
+    ids = torch.full((len(windows), width), fill, dtype=torch.long)
+    labels = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    for row, (inputs, targets) in enumerate(windows):
+        ids[row, :len(inputs)] = torch.tensor(inputs)
+        labels[row, :len(targets)] = torch.tensor(targets)
+        mask[row, :len(inputs)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    labels = labels.to(logits.device)
+    token_nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    sums = token_nll.double().sum(dim=1).tolist()
+    counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
+    return list(zip(sums, counts, strict=True))
+
+
+def evaluate_nll(model: Any, tokenizer: Any, texts: list[str], accelerator: Any, seq_length: int,
+                 batch_size: int = 8) -> dict[str, float]:
+    """{"eval/nll/loss", "eval/nll/ppl"} over all target tokens of `texts`; call on all ranks.
+
+    Windows (not texts) are split across ranks, so every rank runs the same number of forward passes."""
+    windows = [w for text in texts for w in nll_windows(encode_document(tokenizer, text),
+                                                         seq_length)]
+    if not windows:
+        raise EvalDataError("NLL texts give no target tokens; each text must encode to at least 2 tokens")
+    share = rank_share(windows, accelerator.process_index, accelerator.num_processes)
+    local: list[tuple[int | None, tuple[float, int]]] = []
+    with eval_mode(model):
+        for batch in batches(share, batch_size):
+            per_window = window_nll(model, [w for _, w in batch], pad_id(tokenizer), accelerator.device)
+            local += [(index, result) for (index, _), result in zip(batch, per_window, strict=True)]
+    results = merge_results(gather_results(accelerator, local))
+    loss = sum(total for total, _ in results) / sum(count for _, count in results)
+    return {"eval/nll/loss": loss, "eval/nll/ppl": math.exp(min(loss, 700.0))}
