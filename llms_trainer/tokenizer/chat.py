@@ -1,0 +1,155 @@
+"""The chat text format: the one place it is defined, for SFT, the tokenizer's chat template and evaluation.
+
+A conversation renders as (BOS only when the tokenizer has one)::
+
+    <s><|system|>{system}<|endofchat|>\\n<|user|>{question}<|endofchat|>\\n<|assistant|>{answer}<|endofchat|>\\n
+
+Each turn is `ROLE_TOKEN + content + END_TOKEN + "\\n"`; a generation prompt is `<|assistant|>`, and a reply is
+complete at `<|endofchat|>`. SFT trains on assistant content and its `<|endofchat|>` only.
+
+`chat_segments` splits the text into pieces flagged train / don't train. Every boundary between a trained and
+an untrained segment sits right after a special token, so tokenising segment by segment gives the same tokens
+as tokenising the whole text (special tokens always split the text) — provided each segment after the first
+is tokenised as a continuation, without the SentencePiece dummy prefix "▁": `tokenize_segments` does that.
+`CHAT_TEMPLATE` is the same format as a Jinja template, generated from the same constants.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+from llms_trainer.tokenizer import TokenizerError, new_output_dir
+
+SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = "<|system|>", "<|user|>", "<|assistant|>"
+END_TOKEN = "<|endofchat|>"
+PAD_TOKEN = "<|pad|>"  # added only when a tokenizer has no pad token
+ROLE_TOKENS = {"system": SYSTEM_TOKEN, "user": USER_TOKEN, "assistant": ASSISTANT_TOKEN}
+CHAT_TOKENS = (SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)
+TURN_SEPARATOR = "\n"  # after END_TOKEN, not trained on
+TRAINED_ROLE = "assistant"
+
+
+class Segment(NamedTuple):
+    """A run of chat text and whether SFT computes loss on its tokens."""
+
+    text: str
+    train: bool
+
+
+def _check_turns(turns: list[dict]) -> None:
+    if not turns:
+        raise TokenizerError("a conversation needs at least one turn")
+    for number, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLE_TOKENS:
+            role = turn.get("role") if isinstance(turn, dict) else turn
+            raise TokenizerError(f"turn {number}: role {role!r} is not one of {', '.join(ROLE_TOKENS)}")
+        if not isinstance(turn.get("content"), str):
+            raise TokenizerError(f"turn {number}: content must be a string, got {type(turn.get('content')).__name__}")
+
+
+def chat_segments(turns: list[dict], bos_token: str | None = None,
+                  add_generation_prompt: bool = False) -> list[Segment]:
+    """The chat text of `turns` ({"role", "content"}) as segments; adjacent segments never share a flag."""
+    _check_turns(turns)
+    pieces: list[Segment] = [Segment(bos_token, False)] if bos_token else []
+    for turn in turns:
+        if turn["role"] == TRAINED_ROLE:
+            pieces += [Segment(ASSISTANT_TOKEN, False), Segment(turn["content"] + END_TOKEN, True),
+                       Segment(TURN_SEPARATOR, False)]
+        else:
+            pieces.append(Segment(ROLE_TOKENS[turn["role"]] + turn["content"] + END_TOKEN + TURN_SEPARATOR, False))
+    if add_generation_prompt:
+        pieces.append(Segment(ASSISTANT_TOKEN, False))
+    merged: list[Segment] = []
+    for piece in pieces:
+        if merged and merged[-1].train == piece.train:
+            merged[-1] = Segment(merged[-1].text + piece.text, piece.train)
+        else:
+            merged.append(piece)
+    return merged
+
+
+def render_chat(turns: list[dict], bos_token: str | None = None, add_generation_prompt: bool = False) -> str:
+    """The whole chat text of `turns`, exactly what `tokenizer.apply_chat_template(..., tokenize=False)` gives."""
+    return "".join(s.text for s in chat_segments(turns, bos_token, add_generation_prompt))
+
+
+def _literal(text: str) -> str:
+    """A Jinja string literal (JSON escapes are valid Jinja escapes)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def build_chat_template() -> str:
+    """The Jinja chat template of this format, generated from the constants above."""
+    roles = "".join(
+        f"{'if' if i == 0 else 'elif'} message['role'] == {_literal(role)} %}}{{{{ {_literal(token)} }}}}{{%- "
+        for i, (role, token) in enumerate(ROLE_TOKENS.items()))
+    return (
+        "{%- if bos_token %}{{ bos_token }}{% endif -%}"
+        "{%- for message in messages -%}"
+        f"{{%- {roles}else %}}{{{{ raise_exception('unknown chat role: ' + message['role']) }}}}{{%- endif -%}}"
+        f"{{{{ message['content'] + {_literal(END_TOKEN + TURN_SEPARATOR)} }}}}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt %}}{{{{ {_literal(ASSISTANT_TOKEN)} }}}}{{% endif -%}}"
+    )
+
+
+CHAT_TEMPLATE = build_chat_template()
+
+
+def add_chat_tokens(tokenizer) -> dict:
+    """Add the chat tokens as special tokens, a pad token when missing, and CHAT_TEMPLATE (in place).
+
+    Returns {"added": [tokens added], "pad_token": str, "ids": {token: id}}. Running it twice adds nothing.
+    """
+    from tokenizers import AddedToken
+
+    before = len(tokenizer)
+    existing = set(tokenizer.get_vocab())
+    new = [t for t in CHAT_TOKENS if t not in existing]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+    added = list(new)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": AddedToken(PAD_TOKEN, special=True, normalized=False)})
+        added.append(PAD_TOKEN)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*CHAT_TOKENS, tokenizer.pad_token)}
+    return {"added": added, "size_before": before, "size_after": len(tokenizer),
+            "pad_token": tokenizer.pad_token, "ids": ids}
+
+
+def add_chat_tokens_to_dir(tokenizer_dir: str | Path, output: str | Path) -> dict:
+    """Load an HF tokenizer dir, add chat tokens + template, save it as `output` (written whole or not at all)."""
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = Path(tokenizer_dir)
+    if not tokenizer_dir.is_dir():
+        raise TokenizerError(f"{tokenizer_dir}: not a tokenizer directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise TokenizerError(f"{tokenizer_dir}: cannot load as an HF tokenizer ({err})") from err
+    with new_output_dir(output) as out:
+        result = add_chat_tokens(tokenizer)
+        tokenizer.save_pretrained(str(out))
+    return result
+
+
+def tokenize_segments(tokenizer, segments: list[Segment]) -> tuple[list[int], list[bool]]:
+    """(token ids, per-token train flags) of segments tokenised one by one, no special tokens added.
+
+    The ids equal those of the whole rendered text: a segment after the first is tokenised behind END_TOKEN
+    (a special token, so the text after it is a continuation, not a new start) and that token is dropped.
+    """
+    ids: list[int] = []
+    flags: list[bool] = []
+    for index, segment in enumerate(segments):
+        if index == 0:
+            part = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
+        else:
+            part = tokenizer(END_TOKEN + segment.text, add_special_tokens=False)["input_ids"][1:]
+        ids += part
+        flags += [segment.train] * len(part)
+    return ids, flags

@@ -1,0 +1,47 @@
+"""Add the chat special tokens <|system|> <|user|> <|assistant|> <|endofchat|> (one id each, never split),
+a pad token <|pad|> when the tokenizer has none, and the chat template, so that
+tokenizer.apply_chat_template(messages) yields exactly the text SFT trains on (llms_trainer/tokenizer/chat.py).
+
+  python utils/add_chat_tokens.py --tokenizer work_dirs/tokenizer/merged --output work_dirs/tokenizer/chat
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llms_trainer.tokenizer import TokenizerError  # noqa: E402
+from llms_trainer.tokenizer.chat import add_chat_tokens_to_dir, render_chat  # noqa: E402
+
+EXAMPLE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+           {"role": "assistant", "content": "Hello!"}]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", default=str(ROOT / "work_dirs/tokenizer/merged"), help="HF tokenizer dir")
+    parser.add_argument("--output", default=str(ROOT / "work_dirs/tokenizer/chat"),
+                        help="output HF tokenizer dir (must not exist)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = add_chat_tokens_to_dir(args.tokenizer, args.output)
+    except TokenizerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"added {len(result['added'])} tokens ({result['size_before']} -> {result['size_after']}): "
+          + ", ".join(f"{t}={i}" for t, i in result["ids"].items()))
+    print(f"chat template example: {render_chat(EXAMPLE, add_generation_prompt=False)!r}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
