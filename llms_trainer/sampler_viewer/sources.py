@@ -87,13 +87,13 @@ def scan_data_dir(data_dir: str | Path, tokenizer_key: str | None = None) -> tup
 
 
 def _shard_source(source_dir: Path) -> Source:
-    manifest = read_manifest(source_dir)
     try:
+        manifest = read_manifest(source_dir)
         return Source(source_dir.name, "shards", int(manifest["raw_bytes"]), int(manifest["zst_bytes"]),
                       int(manifest["records"]), int(manifest.get("bad_lines", 0)), path=source_dir)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ShardError(f"{source_dir / MANIFEST}: missing or bad totals ({err}); re-run data/compress_data.py") \
-            from err
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # e.g. a manifest that is not a JSON object
+        raise ShardError(f"{source_dir / MANIFEST}: unreadable manifest or bad totals ({err}); "
+                         "re-run data/compress_data.py") from err
 
 
 def _jsonl_source(name: str, data_dir: Path, files: list[Path]) -> Source:

@@ -120,15 +120,18 @@ class Page:
     def evaluate(self, expression: str):
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
-            raise BrowserError(f"script failed: {result['exceptionDetails'].get('text')} in {expression[:80]!r}")
+            details = result["exceptionDetails"]
+            reason = details.get("exception", {}).get("description") or details.get("text")
+            raise BrowserError(f"script failed: {reason}\nscript: {expression[:300]}")
         return result["result"].get("value")
 
     def wait_for(self, expression: str, what: str, timeout_s: float = 30):
         """Poll a JS expression until it is truthy (and streamlit is not running the script); returns it."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            value = self.evaluate(f"(() => {{ if (document.querySelector('[data-testid=\"stStatusWidget\"] "
-                                  f"button')) return null; const v = ({expression}); return v instanceof Node ? true : v; }})()")
+            value = self.evaluate(f"(() => {{ try {{ if (document.querySelector('[data-testid=\"stStatusWidget\"] "
+                                  f"button')) return null; const v = ({expression}); "
+                                  "return v instanceof Node ? true : v; } catch (e) { return null; } })()")
             if value:
                 return value
             time.sleep(0.25)
@@ -138,12 +141,22 @@ class Page:
     def wait_for_text(self, text: str, timeout_s: float = 30) -> None:
         self.wait_for(f"document.body.innerText.includes({json.dumps(text)})", repr(text), timeout_s)
 
+    def wait_for_row(self, *cells: str, timeout_s: float = 30) -> None:
+        """Wait until some table row starts with these cell texts (e.g. source name, ratio)."""
+        prefix = json.dumps("|".join(cells) + "|")
+        self.wait_for("[...document.querySelectorAll('tr')].some(tr => ([...tr.cells].map(c => c.innerText.trim())"
+                      f".join('|') + '|').startsWith({prefix}))", f"a table row {cells}", timeout_s)
+
     def open(self, url: str, ready_text: str, timeout_s: float = 60) -> None:
         self.send("Page.navigate", url=url)
         self.wait_for_text(ready_text, timeout_s)
 
     def type_into(self, label: str, text: str) -> None:
-        """Replace the text of the input labelled `label` as a user would, then press Enter."""
+        """Replace the text of the input labelled `label` as a user would, then press Enter.
+
+        Streamlit reruns the script after Enter; wait for its result (e.g. `wait_for_row`) before the next input,
+        or the rerun may overwrite what was typed meanwhile.
+        """
         selector = json.dumps(f'input[aria-label="{label}"]')
         self.wait_for(f"document.querySelector({selector})", f"input {label!r}")
         self.evaluate(f"(() => {{ const el = document.querySelector({selector}); el.focus(); el.select(); }})()")
@@ -159,6 +172,7 @@ class Page:
 
     def screenshot(self, path: Path, width: int = 1400) -> Path:
         """A PNG of the whole page: the viewport is grown to the height of streamlit's content first."""
+        self.evaluate("document.activeElement && document.activeElement.blur()")
         height = self.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"], "
                                "[data-testid=\"stSidebarContent\"]')].map(e => e.scrollHeight), 600)")
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=int(height) + 80, deviceScaleFactor=1,

@@ -120,28 +120,30 @@ def sources_table(sources: list[Source]) -> None:
     st.table(pd.DataFrame(rows).set_index("source"))
 
 
-def ratio_inputs(sources: list[Source]) -> dict[str, str]:
+def ratio_inputs(sources: list[Source], scope: str) -> dict[str, str]:
     st.subheader("Ratios (% of training tokens; 0 leaves a source out)")
     defaults = default_percents(sources)
     columns = st.columns(min(4, len(sources)))
     texts = {}
     for i, source in enumerate(sources):
-        key = f"pct::{source.name}"
+        key = f"pct::{scope}::{source.name}"
         st.session_state.setdefault(key, f"{defaults[source.name]:g}")
         texts[source.name] = columns[i % len(columns)].text_input(f"{source.name} %", key=key)
     return texts
 
 
-def planned_total(sources: list[Source], unit: str) -> float:
+def planned_total(sources: list[Source], unit: str, scope: str) -> float:
+    """The training amount to plan for, in `unit`; inputs are kept per data directory (`scope`)."""
     have = sum(s.tokens if unit == TOKENS else s.raw_bytes for s in sources)
     if unit != TOKENS:
         st.caption("Token counts are not known for every source, so amounts are raw bytes (count tokens in the "
                    "sidebar for the trainer's unit).")
         return st.number_input("Planned raw MB to train on", min_value=0.001, value=max(0.001, have / MB),
-                               format="%.3f", key="total_raw_mb") * MB
+                               format="%.3f", key=f"total_raw_mb::{scope}") * MB
     how = st.radio("Plan by", ["total tokens", "steps × tokens per step"], horizontal=True, key="plan_by")
     if how == "total tokens":
-        return float(st.number_input("Total training tokens", min_value=1, value=max(1, int(have)), key="total_tokens"))
+        return float(st.number_input("Total training tokens", min_value=1, value=max(1, int(have)),
+                                     key=f"total_tokens::{scope}"))
     left, right = st.columns(2)
     steps = left.number_input("num_training_steps", min_value=1, value=1000, key="steps")
     per_step = right.number_input("tokens per step (batch × seq_length × accumulation × processes)",
@@ -183,30 +185,36 @@ def save_section(percents: dict[str, float], policy_dir: str) -> None:
         st.error(str(err))
         return
     st.code(json.dumps(policy, indent=2), language="json")
-    if st.button("Save policy", key="save", type="primary"):
-        write(policy, path, overwrite=False)
+    st.button("Save policy", key="save", type="primary", on_click=write, args=(policy, str(path), False))
     pending = st.session_state.get("pending_overwrite")
     if pending:
         st.warning(f"{shown(Path(pending['path']))} exists. Overwrite it?")
         yes, no = st.columns(2)
-        if yes.button("Overwrite", key="overwrite"):
-            write(pending["policy"], Path(pending["path"]), overwrite=True)
-        if no.button("Cancel", key="cancel"):
-            st.session_state.pop("pending_overwrite", None)
-            st.info("Not saved.")
+        yes.button("Overwrite", key="overwrite", on_click=write, args=(pending["policy"], pending["path"], True))
+        no.button("Cancel", key="cancel", on_click=cancel)
+    kind, message = st.session_state.pop("save_message", (None, ""))
+    if kind:
+        getattr(st, kind)(message)
 
 
-def write(policy: dict[str, float], path: Path, overwrite: bool) -> None:
+def write(policy: dict[str, float], path: str, overwrite: bool) -> None:
+    """Button callback (runs before the rerun): save, or remember the file to ask about overwriting."""
+    st.session_state.pop("pending_overwrite", None)
     try:
-        save_policy(policy, path, overwrite=overwrite)
+        save_policy(policy, Path(path), overwrite=overwrite)
     except PolicyExistsError:
-        st.session_state["pending_overwrite"] = {"path": str(path), "policy": policy}
+        st.session_state["pending_overwrite"] = {"path": path, "policy": policy}
         return
     except ViewerError as err:
-        st.error(str(err))
+        st.session_state["save_message"] = ("error", str(err))
         return
+    st.session_state["save_message"] = ("success", f"Saved {shown(Path(path))} — use it with "
+                                        f"data.sample_policy_file: {shown(Path(path))}")
+
+
+def cancel() -> None:
     st.session_state.pop("pending_overwrite", None)
-    st.success(f"Saved {shown(path)} — use it with data.sample_policy_file: {shown(path)}")
+    st.session_state["save_message"] = ("info", "Not saved.")
 
 
 def main() -> None:
@@ -216,10 +224,11 @@ def main() -> None:
     sources = load_sources(data_dir, tokenizer_key, pasted)
     count_button(sources, tokenizer_key)
     sources_table(sources)
-    texts = ratio_inputs(sources)
+    scope = "pasted" if pasted.strip() else str(resolve(data_dir))
+    texts = ratio_inputs(sources, scope)
     try:
         percents = parse_percents(texts)
-        plan = make_plan(sources, percents, planned_total(sources, plan_unit(sources)))
+        plan = make_plan(sources, percents, planned_total(sources, plan_unit(sources), scope))
     except ViewerError as err:
         st.error(str(err))
         return
