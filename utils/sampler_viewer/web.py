@@ -115,7 +115,7 @@ def sources_table(sources: list[Source]) -> None:
     rows = [{"source": s.name, "kind": s.kind, "raw MB": f"{s.raw_bytes / MB:,.3f}",
              "compressed MB": "—" if s.zst_bytes is None else f"{s.zst_bytes / MB:,.3f}",
              "records": "—" if s.records is None else f"{s.records:,}",
-             "tokens": amount(s.tokens, TOKENS), "bad lines": "—" if s.bad_lines is None else s.bad_lines}
+             "tokens": amount(s.tokens, TOKENS), "bad lines": "—" if s.bad_lines is None else f"{s.bad_lines:,}"}
             for s in sources]
     st.table(pd.DataFrame(rows).set_index("source"))
 
