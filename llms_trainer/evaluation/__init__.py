@@ -94,9 +94,11 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def encode_with_bos(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of `text` with BOS in front, as the training data path builds them."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + tokenizer.encode(text, add_special_tokens=False)
+    """Token ids of `text` with BOS in front, as the training data path builds them (no second BOS when the
+    text already starts with the BOS token, e.g. a prompt rendered by a chat template)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = tokenizer.bos_token_id
+    return ids if bos is None or ids[:1] == [bos] else [bos] + ids
 
 
 def pad_id(tokenizer: Any) -> int:

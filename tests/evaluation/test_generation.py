@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llms_trainer.evaluation import EvalDataError, merge_results, rank_share
+from llms_trainer.evaluation import EvalDataError, encode_with_bos, merge_results, rank_share
 from llms_trainer.evaluation.generation import (
     evaluate_generation,
     generate_greedy,
@@ -71,3 +71,10 @@ def test_load_prompts_and_errors(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"content": "ok"}, {"text": "wrong field"}])
     with pytest.raises(EvalDataError, match=r"bad\.jsonl:2: 'content'"):
         load_generation_prompts(bad)
+
+
+def test_prompt_gets_exactly_one_bos(tiny_tokenizer):
+    plain = encode_with_bos(tiny_tokenizer, "the model")
+    assert plain[0] == tiny_tokenizer.bos_token_id and plain.count(tiny_tokenizer.bos_token_id) == 1
+    rendered = encode_with_bos(tiny_tokenizer, tiny_tokenizer.bos_token + "the model")  # chat-template style
+    assert rendered.count(tiny_tokenizer.bos_token_id) == 1
