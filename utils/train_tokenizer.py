@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except TokenizerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    pieces, decoded = sample_encoding(model, sentences[0][:80])
-    print(f"sample: {sentences[0][:80]!r}\n  pieces ({len(pieces)}): {' '.join(pieces)}\n  decoded: {decoded!r}")
+    sample = next((s for s in sentences if len(s) >= 20), sentences[0])[:80]
+    pieces, decoded = sample_encoding(model, sample)
+    print(f"sample: {sample!r}\n  pieces ({len(pieces)}): {' '.join(pieces)}\n  decoded: {decoded!r}")
     n_pieces = len(vocab_path.read_text(encoding="utf-8").splitlines())
     print(f"wrote {model_path} and {vocab_path} ({n_pieces} pieces, asked for {args.vocab_size})")
     return 0
