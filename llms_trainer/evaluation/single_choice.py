@@ -102,8 +102,9 @@ def letter_pieces(tokenizer: Any, letters: tuple[str, ...]) -> tuple[list[int], 
                                 "scoring needs the letter to start a new piece")
         pieces[letter] = full[len(base):]
     feed = max((p[:-1] for p in pieces.values()), key=len)
-    if any(feed[:len(p) - 1] != p[:-1] for p in pieces.values()) or len(set(map(tuple, pieces.values()))) < len(
-            letters):
+    distinct = len({tuple(p) for p in pieces.values()}) == len(letters)
+    on_feed_path = all(feed[:len(p) - 1] == p[:-1] for p in pieces.values())
+    if not (distinct and on_feed_path):
         raise EvalDataError(f"tokenizer encodes the answer letters {'/'.join(letters)} as {pieces}, which "
                             "cannot be scored in one pass; use a tokenizer that encodes each letter distinctly")
     return feed, pieces
