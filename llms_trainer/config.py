@@ -1,0 +1,282 @@
+"""Schema of the pretrain/SFT YAML (DESIGN §4) and `load_config(path, overrides)`.
+
+Every key of the original configs loads unchanged; new keys are additions with defaults. Unknown keys,
+wrong types, missing files and impossible combinations raise `ConfigError` with one message of the form
+`CFG: key a.b.c: problem` before any model is loaded. Paths are relative to the working directory.
+Intervals and step counts are in optimizer steps (one step = `gradient_accumulation_steps` micro-batches on
+every process).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EVAL_METHODS = ("single_choice_eval", "generation_eval", "nll_eval")
+EVAL_ALIASES = {"nll": "nll_eval"}  # the original configs call it "nll"
+EVAL_DATASET_KEY = {"single_choice_eval": "single_choice_dataset", "generation_eval": "generation_dataset",
+                    "nll_eval": "nll_dataset"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+Datasets = str | list[str] | dict[str, str] | None
+
+
+class DataConfig(Section):
+    mode: Literal["pretrain", "sft"] = Field("pretrain", description="which stage builds the batches")
+    data: dict[str, str] = Field(default_factory=dict, description="source name → shard directory or glob "
+                                 "(data/pretrain_data/<source>/*.jsonl.zst written by data/compress_data.py)")
+    sample_policy_file: str | None = Field(None, description="JSON {source: ratio}: target share of training "
+                                           "tokens per source; default: shares proportional to raw bytes")
+    pad_to_max: bool = Field(False, description="pad every batch to seq_length (else to its longest row)")
+    sequence_sample_mode: Literal["truncation", "sample", "split", "none"] = Field(
+        "none", description="one row per document when concat_multiple_sequence is false: truncation|none keep "
+        "the first seq_length tokens, sample a random window, split every seq_length chunk")
+    concat_multiple_sequence: bool = Field(True, description="pack documents (EOS between) into full rows of "
+                                           "seq_length, remainder carried into the next row")
+    num_sequences: int | None = Field(None, ge=1, description="accepted for compatibility; no effect: packing "
+                                      "carries the remainder over instead of joining a fixed number of documents")
+    seq_length: int = Field(2048, ge=2, description="tokens per row")
+    tokenizer_path: str | None = Field(None, description="HF tokenizer dir or hub id; default: train.ckpt")
+    split_by_shard: bool = Field(False, description="accepted for compatibility; no effect: records are dealt "
+                                 "to ranks × workers one by one, which balances any number of shards")
+    shuffle_buffer_records: int = Field(1024, ge=1, description="records of one data unit shuffled together")
+    # reward-model keys (a later stage reads them; accepted here so its configs share this schema)
+    reward_model_datasets: Any = Field(None, description="reward model stage only")
+    batch_size: int | None = Field(None, ge=1, description="reward model stage only")
+    dataset_map_num_proc: int | None = Field(None, ge=1, description="reward model stage only")
+
+
+class TrainConfig(Section):
+    train_batch_size: int = Field(1, ge=1, description="micro-batch rows per process (per device)")
+    num_training_steps: int = Field(..., ge=1, description="optimizer steps to train (schedule length)")
+    num_warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
+    initializer_range: float | None = Field(None, gt=0, description="std of the init (from-scratch only)")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
+    min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine decay")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay; never applied to norms and biases")
+    resize_model_vocab_size: bool = Field(False, description="resize the model's embeddings to the "
+                                          "tokenizer's length when they differ (else a differing size is an error)")
+    ckpt: str | None = Field(None, description="HF model dir or hub id to continue from; null: --model_config")
+    train_num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches prefetched per worker")
+    train_and_eval: bool = Field(False, description="run eval.eval_methods every eval_interval and at the end")
+    gradient_checkpointing_enable: bool = Field(False, description="recompute activations in backward")
+    use_lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], description="LoRA targets")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    save_total_limit: int | None = Field(None, ge=1, description="keep the newest N complete checkpoints")
+    img_log_dir: str | None = Field(None, description="directory of the metrics PNG; default: work_dir")
+    img_log_name: str = Field("performance", description="file name (without .png) of the metrics plot")
+    train_token_embeddings_only: bool = Field(False, description="freeze everything except the layers "
+                                              "named by token_embedding_layer_name")
+    token_embedding_layer_name: str | list[str] = Field(
+        "embed_tokens", description="module name(s) trained with train_token_embeddings_only, e.g. "
+        "[embed_tokens, lm_head]")
+    num_training_epochs: int | None = Field(None, ge=1, description="stop when every source has been read "
+                                            "this many times (also bounded by num_training_steps)")
+    downscale_weight: bool = Field(False, description="accepted for compatibility; no effect in pretrain/SFT")
+    seed: int = Field(42, description="seed of model init, data order and dropout")
+    resume: str = Field("auto", description="auto: newest complete checkpoint in work_dir | a checkpoint dir "
+                        "| none")
+    max_grad_norm: float | None = Field(1.0, ge=0, description="clip the global grad norm; null or 0: off")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="autocast; auto: the accelerate config's value, else bf16 on a GPU that has it, "
+        "else no")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the weights")
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
+    log_with: list[str] = Field(default_factory=list, description="accelerate trackers, e.g. [tensorboard]")
+    peak_flops_per_device: float | None = Field(None, gt=0, description="peak FLOP/s of one device for MFU; "
+                                                "default: known GPUs only")
+
+
+class EvalConfig(Section):
+    eval_methods: list[str] = Field(default_factory=list, description=f"any of {', '.join(EVAL_METHODS)}")
+    single_choice_dataset: Datasets = Field(None, description="knowledge jsonl file(s)")
+    generation_dataset: Datasets = Field(None, description="generation prompts jsonl file(s)")
+    generation_eval_save_path: str | None = Field(None, description="where step_<n>.json outputs go; "
+                                                  "default work_dir/generation_eval (old key: "
+                                                  "genration_eval_save_path)")
+    nll_dataset: Datasets = Field(None, description="held-out text jsonl file(s)")
+    test_reward_model_acc_files: list[str] | None = Field(None, description="reward model stage only")
+    save_delta_scores: bool = Field(False, description="reward model stage only")
+    delta_scores_save_path: str | None = Field(None, description="reward model stage only")
+    max_new_tokens: int = Field(32, ge=1, description="generation_eval: tokens generated per prompt")
+    few_shot_prefix: str = Field("", description="single_choice_eval: text put before every question")
+    batch_size: int = Field(8, ge=1, description="eval rows per forward, per process")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spelling(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "genration_eval_save_path" in raw:
+            raw = dict(raw)
+            old = raw.pop("genration_eval_save_path")
+            if raw.get("generation_eval_save_path") not in (None, old):
+                raise ValueError("genration_eval_save_path and generation_eval_save_path differ; keep one")
+            raw["generation_eval_save_path"] = old
+        return raw
+
+    def methods(self) -> list[str]:
+        """eval_methods with old names mapped to the current ones."""
+        return [EVAL_ALIASES.get(m, m) for m in self.eval_methods]
+
+
+class RunConfig(Section):
+    log_interval: int = Field(10, ge=1, description="optimizer steps between metric logs")
+    eval_interval: int = Field(500, ge=1, description="optimizer steps between evals (train_and_eval)")
+    save_interval: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
+    work_dir: str = Field(..., description="checkpoints, metrics.jsonl, config.yaml")
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def dataset_files(value: Datasets) -> list[str]:
+    """The files of an eval dataset key (a path, a list of paths, or {name: path} as in the old configs)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value.values()) if isinstance(value, dict) else list(value)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`a.b=value` strings → {"a.b": parsed value}; values are YAML (numbers, lists, null...)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{pair}': expected key.sub=value")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def _apply_override(raw: dict, dotted: str, value: Any, where: str) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: key {'.'.join(parts[: i + 1])}: is a value, cannot set {dotted}")
+    node[parts[-1]] = value
+
+
+def _format_validation(err: ValidationError, where: str) -> str:
+    problems = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith(("function-", "literal[")))
+        msg = "unknown key (check the spelling)" if item["type"] == "extra_forbidden" else item["msg"]
+        got = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item.get('input')!r})"
+        problems.append(f"key {loc or '(top level)'}: {msg}{got}")
+    return f"{where}: " + "; ".join(problems)
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or os.path.exists(path) or path.count("/") > 1
+
+
+def _check_files(cfg: RunConfig, where: str) -> None:
+    """Missing files and impossible combinations, each named by its key."""
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{where}: key {key}: {problem}")
+
+    d, t, e = cfg.data, cfg.train, cfg.eval
+    if d.mode == "pretrain" and not d.data:
+        fail("data.data", "no sources; give {source: glob of shards}")
+    for name, pattern in d.data.items():
+        if not (os.path.isdir(pattern) or glob.glob(pattern)):
+            fail(f"data.data.{name}", f"'{pattern}' matches nothing (run python data/compress_data.py first?)")
+    if d.sample_policy_file:
+        from llms_trainer.data.mixing import PolicyError, load_policy
+
+        try:
+            load_policy(d.sample_policy_file, list(d.data))
+        except PolicyError as err:
+            fail("data.sample_policy_file", str(err))
+    for key, path in (("data.tokenizer_path", d.tokenizer_path), ("train.ckpt", t.ckpt)):
+        if path and _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
+            fail(key, f"'{path}' does not exist")
+    if not d.tokenizer_path and not t.ckpt:
+        fail("data.tokenizer_path", "required when training from --model_config (train.ckpt is null)")
+    if t.min_lr > t.lr:
+        fail("train.min_lr", f"{t.min_lr} is above train.lr {t.lr}")
+    if t.num_warmup_steps > t.num_training_steps:
+        fail("train.num_warmup_steps", f"{t.num_warmup_steps} exceeds num_training_steps {t.num_training_steps}")
+    if t.use_lora and t.train_token_embeddings_only:
+        fail("train.use_lora", "cannot be combined with train_token_embeddings_only; pick one")
+    if t.use_lora and not t.target_modules:
+        fail("train.target_modules", "empty; LoRA needs at least one module name, e.g. [q_proj, v_proj]")
+    if t.resume not in ("auto", "none") and not os.path.isdir(t.resume):
+        fail("train.resume", f"'{t.resume}' is not a directory (use auto, none or a checkpoint dir)")
+    for i, method in enumerate(e.methods()):
+        if method not in EVAL_METHODS:
+            fail(f"eval.eval_methods.{i}", f"'{e.eval_methods[i]}' is not one of {', '.join(EVAL_METHODS)}")
+        key = EVAL_DATASET_KEY[method]
+        files = dataset_files(getattr(e, key))
+        if not files:
+            fail(f"eval.{key}", f"required by eval method {method}")
+        for path in files:
+            if not os.path.isfile(path):
+                fail(f"eval.{key}", f"'{path}' does not exist")
+    if t.train_and_eval and not e.eval_methods:
+        fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> RunConfig:
+    """Read, override (`key.sub=value`), validate; raises ConfigError naming the file and key."""
+    where = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read config ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections (data, train, eval, ...)")
+    for dotted, value in parse_overrides(overrides or []).items():
+        _apply_override(raw, dotted, value, where)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, where)) from None
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if check_files:
+        _check_files(cfg, where)
+    return cfg
+
+
+def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the resolved config (every default filled in) as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = cfg.model_dump(mode="json")
+    if extra:
+        data["_run"] = extra
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def require_model_source(cfg: RunConfig, model_config: str | None, where: str) -> None:
+    """A run needs train.ckpt or --model_config; a missing --model_config file is an error too."""
+    if model_config is None and not cfg.train.ckpt:
+        raise ConfigError(f"{where}: key train.ckpt: null and no --model_config given; set one of them")
+    if model_config is not None and not os.path.isfile(model_config):
+        raise ConfigError(f"--model_config: '{model_config}' does not exist")

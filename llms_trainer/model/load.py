@@ -1,0 +1,143 @@
+"""Tokenizer and model for a training run: from a checkpoint (hub id or local dir) or from a model config.
+
+Also the training-time model changes: vocabulary check/resize, gradient checkpointing, LoRA (peft) and
+training the token embeddings only. Errors raise `ModelLoadError` naming the config key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that cannot be loaded or does not fit the run (message names the key)."""
+
+
+def load_tokenizer(path: str, key: str = "data.tokenizer_path"):
+    """An HF tokenizer from a directory or hub id."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{key}: cannot load a tokenizer from '{path}' ({err})") from err
+
+
+def load_model_config(path: str | Path):
+    """A transformers config from a config.json or a YAML file holding the same keys (`model_type` required)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ModelLoadError(f"--model_config: cannot read '{path}' ({err})") from err
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise ModelLoadError(f"--model_config: '{path}' needs a mapping with model_type (e.g. llama)")
+    raw = dict(raw)
+    try:
+        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    except (ValueError, TypeError) as err:
+        raise ModelLoadError(f"--model_config: '{path}': {err}") from err
+
+
+def build_model(train, tokenizer, model_config: str | None = None, weights_dir: str | Path | None = None):
+    """The model of a run: `weights_dir` (a checkpoint to resume), else train.ckpt, else `model_config`.
+
+    `train` is the `train:` config section. The vocabulary is checked against the tokenizer (resized only
+    when train.resize_model_vocab_size).
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = DTYPES[train.dtype]
+    source, key = (weights_dir, "train.resume") if weights_dir else (train.ckpt, "train.ckpt")
+    if source:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype,
+                                                         trust_remote_code=train.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{key}: cannot load a causal LM from '{source}' ({err})") from err
+    else:
+        config = load_model_config(model_config)
+        if train.initializer_range is not None:
+            config.initializer_range = train.initializer_range
+        torch.manual_seed(train.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code)
+    match_vocab(model, tokenizer, train.resize_model_vocab_size)
+    return model
+
+
+def match_vocab(model, tokenizer, resize: bool) -> None:
+    """Make the embedding rows fit the tokenizer; never silently train with a mismatch."""
+    rows, wanted = model.get_input_embeddings().num_embeddings, len(tokenizer)
+    if rows == wanted:
+        return
+    if not resize:
+        raise ModelLoadError(
+            f"train.resize_model_vocab_size: the model has {rows} token embeddings but the tokenizer has "
+            f"{wanted} tokens; set train.resize_model_vocab_size: true (new rows get the mean embedding) or "
+            "use the matching tokenizer")
+    model.resize_token_embeddings(wanted)
+    print(f"resized model vocabulary {rows} → {wanted} (train.resize_model_vocab_size)")
+
+
+def prepare_for_training(model, train, adapter_dir: str | Path | None = None):
+    """Gradient checkpointing, then embeddings-only freezing or LoRA (adapter weights from `adapter_dir`)."""
+    if train.gradient_checkpointing_enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if train.train_token_embeddings_only:
+        freeze_all_but(model, train.token_embedding_layer_name)
+    if train.use_lora:
+        model = add_lora(model, train, adapter_dir)
+    return model
+
+
+def freeze_all_but(model, layer_names: str | list[str]) -> list[str]:
+    """Train only parameters inside modules named `layer_names` (a dotted-name component); returns them."""
+    names = [layer_names] if isinstance(layer_names, str) else list(layer_names)
+    trained = []
+    for name, param in model.named_parameters():
+        param.requires_grad = any(n in name.split(".") for n in names)
+        if param.requires_grad:
+            trained.append(name)
+    if not trained:
+        modules = sorted({n.split(".")[-2] for n, _ in model.named_parameters() if "." in n})
+        raise ModelLoadError(f"train.token_embedding_layer_name: no parameter inside {names}; module names "
+                             f"in this model include {', '.join(modules[:12])}")
+    return trained
+
+
+def add_lora(model, train, adapter_dir: str | Path | None = None):
+    """Wrap with peft LoRA on train.target_modules; load adapter weights when resuming."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if train.gradient_checkpointing_enable:
+        model.enable_input_require_grads()
+    config = LoraConfig(task_type="CAUSAL_LM", r=train.lora_rank, lora_alpha=train.lora_alpha,
+                        lora_dropout=train.lora_dropout, target_modules=list(train.target_modules))
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as err:
+        raise ModelLoadError(f"train.target_modules: {err}") from err
+    if adapter_dir is not None:
+        set_peft_model_state_dict(model, load_file(str(Path(adapter_dir) / "adapter_model.safetensors")))
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = trainable = 0
+    for param in model.parameters():
+        n = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,1 @@
+"""Training: the engine (one loop), checkpoints, stages, and `run` (a whole run from a config)."""

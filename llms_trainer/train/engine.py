@@ -1,0 +1,277 @@
+"""The one training loop, on accelerate (CPU, DDP, DeepSpeed ZeRO 1/2/3).
+
+One optimizer step = `gradient_accumulation_steps` micro-batches on every process. The loss of a step is the
+mean over all its target tokens on all processes: each micro-batch's summed loss is scaled by
+`world × accumulation / tokens_in_step`, so gradient accumulation and data parallelism give the same update
+as one big batch. Gradients are clipped before the step (DeepSpeed: by its own `gradient_clipping`). The
+learning rate warms up linearly, then follows a cosine to `min_lr`; all intervals count optimizer steps.
+A non-finite loss on any process stops every process before the step (the last checkpoint stays intact).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from llms_trainer.config import ConfigError, RunConfig
+from llms_trainer.train import checkpoint as ckpt
+from llms_trainer.train.stages import Stage
+
+BETAS = (0.9, 0.95)
+# Dense bf16 peak FLOP/s by GPU name fragment, for MFU when train.peak_flops_per_device is not given.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
+                   "L4": 121e12, "RTX 4090": 165e12}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stopped on every process."""
+
+
+@dataclass
+class TrainResult:
+    step: int                                                   # optimizer steps done in total
+    losses: dict[int, float] = field(default_factory=dict)      # step → mean loss, steps run this call
+    last_checkpoint: Path | None = None
+    stop_reason: str = "num_training_steps reached"
+
+
+def build_accelerator(cfg: RunConfig):
+    """Accelerator for this run: gloo on CPU (DeepSpeed too), precision from train.mixed_precision."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if bf16_gpu else "no")
+    handlers = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched: gloo unless GPUs (DeepSpeed on CPU needs it said)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        handlers.append(InitProcessGroupKwargs(backend=backend, timeout=timedelta(hours=1)))
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, mixed_precision=precision,
+        log_with=cfg.train.log_with or None, project_dir=cfg.work_dir, step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW(0.9, 0.95); no weight decay on 1-D parameters (every norm, the final one included, and biases)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for _, p in params if p.ndim >= 2]
+    no_decay = [p for _, p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=BETAS)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR of optimizer step `step + 1` as a fraction of the peak: linear warmup, then cosine to min_ratio."""
+    k = step + 1
+    if k <= warmup_steps:
+        return k / warmup_steps
+    progress = min(1.0, (k - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
+    min_ratio = train.min_lr / train.lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, train.num_warmup_steps, train.num_training_steps, min_ratio))
+
+
+def configure_deepspeed(accelerator, train) -> None:
+    """Fill the DeepSpeed config that accelerate cannot infer (no dataloader is prepared)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = train.train_batch_size
+    ds["gradient_accumulation_steps"] = train.gradient_accumulation_steps
+    ds["train_batch_size"] = train.train_batch_size * train.gradient_accumulation_steps * accelerator.num_processes
+    ds["gradient_clipping"] = train.max_grad_norm or 0.0
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        if train.use_lora:
+            raise ConfigError("key train.use_lora: LoRA under ZeRO-3 is not supported; use a ZeRO-1/2 accelerate config")
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    offload = zero.get("offload_optimizer", {}).get("device", "none")
+    if offload not in (None, "none") and not torch.cuda.is_available():
+        ds["zero_force_ds_cpu_optimizer"] = False  # CPU-only: keep torch AdamW (no compiled cpu_adam op)
+
+
+def flops_per_token(model) -> tuple[float, float]:
+    """(6·N, 12·layers·hidden): FLOPs per trained token are 6·N + 12·layers·hidden·seq (forward + backward)."""
+    config = getattr(model, "config", None)
+    n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    layers, hidden = getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
+    return 6 * n_params, 12 * layers * hidden
+
+
+def peak_flops(train, precision: str) -> float | None:
+    if train.peak_flops_per_device:
+        return train.peak_flops_per_device
+    if torch.cuda.is_available() and precision in ("bf16", "fp16"):
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None
+
+
+class _StepClock:
+    """Tokens and wall time since the last log, excluding time spent in evals and saves."""
+
+    def __init__(self):
+        self.start, self.paused, self.tokens = time.perf_counter(), 0.0, 0
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def rate(self) -> float:
+        elapsed = max(1e-9, time.perf_counter() - self.start - self.paused)
+        tokens = self.tokens
+        self.start, self.paused, self.tokens = time.perf_counter(), 0.0, 0
+        return tokens / elapsed
+
+
+def _take(iterator, n: int) -> list[dict]:
+    """The next n micro-batches (fewer at the end of the data).
+
+    Creating a DataLoader iterator draws from the global torch RNG; isolating it keeps the RNG stream of
+    the training itself (dropout) the same whether or not the run was resumed.
+    """
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        for batch in iterator:
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out
+
+
+def _reduce(accelerator, values: list[float]) -> list[float]:
+    """Sum of `values` over all processes (no communication on one process)."""
+    if accelerator.num_processes == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(tensor, reduction="sum").tolist()
+
+
+def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, evals, logger,
+          resume_from: Path | None = None) -> TrainResult:
+    """Train `model` until num_training_steps (or the data ends); every process calls this."""
+    t = cfg.train
+    accum, world = t.gradient_accumulation_steps, accelerator.num_processes
+    optimizer = make_optimizer(model, t.lr, t.weight_decay)
+    scheduler = make_scheduler(optimizer, t)
+    configure_deepspeed(accelerator, t)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = {"step": 0, "tokens_seen": 0}
+    if resume_from is not None:
+        saved = ckpt.restore_training_state(accelerator, resume_from, model, optimizer, scheduler, loader)
+        state = {"step": saved["step"], "tokens_seen": saved["tokens_seen"]}
+        accelerator.print(f"resumed from {resume_from} at step {state['step']}")
+    result = TrainResult(step=state["step"], last_checkpoint=resume_from)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    flops_param, flops_attn = flops_per_token(accelerator.unwrap_model(model))
+    peak = peak_flops(t, accelerator.mixed_precision)
+    step, tokens_seen = state["step"], state["tokens_seen"]
+    last_saved = step if resume_from is not None else -1
+    last_eval, interval_losses, grad_norm = -1, [], None
+    clock, last_plot = _StepClock(), time.time()
+    bar = tqdm(total=t.num_training_steps, initial=step, disable=not accelerator.is_local_main_process,
+               desc="train", dynamic_ncols=True)
+    batches = iter(loader)
+    model.train()
+
+    def run_evals() -> None:
+        started = time.perf_counter()
+        metrics = {}
+        for evaluate in evals:
+            metrics.update(evaluate(model, step))
+        model.train()
+        logger.log(step, metrics)
+        logger.plot()
+        bar.write(f"step {step} eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        clock.pause(time.perf_counter() - started)
+
+    def save() -> None:
+        started = time.perf_counter()
+        state = {"step": step, "tokens_seen": tokens_seen, "config": cfg.model_dump(mode="json")}
+        result.last_checkpoint = ckpt.save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, loader,
+                                                      state, cfg.work_dir, t.save_total_limit)
+        bar.write(f"step {step}: saved {result.last_checkpoint}")
+        clock.pause(time.perf_counter() - started)
+
+    while step < t.num_training_steps:
+        micro = _take(batches, accum)
+        items, tokens, short = _reduce(accelerator, [sum(stage.count_items(b) for b in micro),
+                                                     sum(stage.count_tokens(b) for b in micro),
+                                                     float(len(micro) < accum)])
+        if short or items == 0:
+            result.stop_reason = "training data exhausted (train.num_training_epochs)"
+            break
+        scale = world * accum / items
+        step_loss = 0.0
+        for batch in micro:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                loss = stage.loss_sum(model, batch)
+                global_sum = _reduce(accelerator, [loss.item()])[0]
+                if not math.isfinite(global_sum):
+                    raise NonFiniteLossError(
+                        f"loss is {global_sum} at step {step + 1} (on at least one process); stopped every "
+                        f"process before the update. Last good checkpoint: {result.last_checkpoint or 'none'}. "
+                        "Lower train.lr, check the data, or resume from that checkpoint.")
+                step_loss += global_sum / items
+                accelerator.backward(loss * scale)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm or float("inf"))
+        optimizer.step()  # the accumulate context ends every step at a sync boundary
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += int(tokens)
+        clock.tokens += int(tokens)
+        result.losses[step] = step_loss
+        interval_losses.append(step_loss)
+        bar.update(1)
+        if step % cfg.log_interval == 0 or step == t.num_training_steps:
+            tokens_per_s = clock.rate()
+            metrics = {"train/loss": sum(interval_losses) / len(interval_losses),
+                       "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
+                       "train/tokens_seen": tokens_seen}
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            if peak:
+                seq = cfg.data.seq_length
+                metrics["train/mfu"] = tokens_per_s * (flops_param + flops_attn * seq) / (peak * world)
+            for source, row in loader.report().items():
+                metrics[f"data/{source}/share"] = row["share"]
+                metrics[f"data/{source}/epochs"] = row["epochs"]
+            logger.log(step, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
+            interval_losses = []
+            if time.time() - last_plot > 60:
+                logger.plot()
+                last_plot = time.time()
+        if t.train_and_eval and step % cfg.eval_interval == 0:
+            run_evals()
+            last_eval = step
+        if step % cfg.save_interval == 0 and step < t.num_training_steps:
+            save()
+            last_saved = step
+    result.step = step
+    if t.train_and_eval and evals and last_eval != step:
+        run_evals()
+    if last_saved != step:
+        save()
+    logger.plot()
+    bar.close()
+    accelerator.print(f"done: {step} optimizer steps, {tokens_seen} tokens; {result.stop_reason}; "
+                      f"checkpoint {result.last_checkpoint}")
+    return result

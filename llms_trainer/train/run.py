@@ -1,0 +1,93 @@
+"""A whole training run from a config file: what `train_llms.py` calls on every process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llms_trainer.config import ConfigError, RunConfig, dump_config, load_config, require_model_source
+from llms_trainer.data.mixing import PolicyError
+from llms_trainer.data.shards import ShardError
+from llms_trainer.model.load import (
+    ModelLoadError,
+    build_model,
+    count_parameters,
+    load_tokenizer,
+    prepare_for_training,
+)
+from llms_trainer.train import engine
+from llms_trainer.train.checkpoint import CheckpointError, resolve_resume
+from llms_trainer.train.stages import Stage
+
+# Bad input a user can fix: reported as one `error: ...` line, exit code 2.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelLoadError, ShardError, PolicyError, CheckpointError)
+
+
+def stage_for(cfg: RunConfig, where: str) -> Stage:
+    """The stage named by data.mode."""
+    if cfg.data.mode == "pretrain":
+        from llms_trainer.train.stages.pretrain import PRETRAIN
+
+        return PRETRAIN
+    try:
+        from llms_trainer.train.stages.sft import SFT
+    except ImportError as err:
+        raise ConfigError(f"{where}: key data.mode: the sft stage is not available in this install ({err})") from err
+    return SFT
+
+
+def run(config_path: str | Path, overrides: list[str] | None = None, model_config: str | None = None,
+        logger=None) -> engine.TrainResult:
+    """Validate, build data → tokenizer → model, train. Every process calls this.
+
+    `logger` (with `log(step, metrics)` and `plot()`) defaults to llms_trainer.metrics.MetricsLogger.
+    """
+    from accelerate.utils import set_seed
+
+    from llms_trainer.evaluation import EvalDataError
+
+    where = str(config_path)
+    cfg = load_config(config_path, overrides)
+    require_model_source(cfg, model_config, where)
+    stage = stage_for(cfg, where)
+    accelerator = engine.build_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    resume_from = resolve_resume(cfg.train.resume, cfg.work_dir)
+    tokenizer = load_tokenizer(str(resume_from) if resume_from else (cfg.data.tokenizer_path or cfg.train.ckpt))
+    loader = stage.build_train_data(cfg, tokenizer, accelerator)
+    try:
+        evals = stage.build_evals(cfg, tokenizer, accelerator)
+    except EvalDataError as err:
+        raise ConfigError(f"{where}: key eval: {err}") from err
+    if accelerator.is_main_process:
+        dump_config(cfg, Path(cfg.work_dir) / "config.yaml",
+                    extra={"config_file": where, "overrides": list(overrides or []), "model_config": model_config,
+                           "num_processes": accelerator.num_processes})
+    use_adapter = resume_from is not None and cfg.train.use_lora
+    model = build_model(cfg.train, tokenizer, model_config,
+                        weights_dir=resume_from if resume_from is not None and not use_adapter else None)
+    model = prepare_for_training(model, cfg.train, adapter_dir=resume_from / "adapter" if use_adapter else None)
+    trainable, total = count_parameters(model)
+    accelerator.print(f"model: {total:,} parameters, {trainable:,} trained; stage {stage.name}; "
+                      f"{accelerator.num_processes} process(es); work_dir {cfg.work_dir}")
+    if logger is None:
+        from llms_trainer.metrics import MetricsLogger
+
+        logger = MetricsLogger(cfg.work_dir, cfg.train.img_log_dir, cfg.train.img_log_name, accelerator)
+    if cfg.train.log_with:
+        accelerator.init_trackers(Path(cfg.work_dir).name, config=_flat(cfg.model_dump(mode="json")))
+    try:
+        return engine.train(cfg, stage, model, tokenizer, accelerator, loader, evals, logger, resume_from)
+    finally:
+        accelerator.end_training()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested config → {"a.b": scalar} for trackers (lists and None as strings)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
