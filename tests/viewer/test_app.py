@@ -54,8 +54,9 @@ def test_changing_a_ratio_updates_the_plan_and_save_writes_the_trainers_format(a
     assert app.metric[0].label == "Unallocated" and app.metric[0].value == "20.00 %"
     plan = _table(app, 1)
     assert (plan["news"]["share %"], plan["wiki"]["share %"]) == ("37.50", "62.50")
-    app.button(key="save").click().run()
     path = viewer_env["SAMPLER_VIEWER_POLICY_DIR"] / "pretrain_mix.json"
+    assert f"Writes `{path}`" in _texts(app.caption) and not path.exists()
+    app.button(key="save").click().run()
     assert str(path) in _texts(app.success)
     assert json.loads(path.read_text()) == {"news": 0.375, "wiki": 0.625}
     assert load_policy(path, ["news", "wiki"]) == pytest.approx({"news": 0.375, "wiki": 0.625})

@@ -27,7 +27,7 @@ def test_set_a_ratio_and_save_in_chromium(viewer_env, tmp_path):
         page.wait_for_row("wiki", "50", "62.50")
         page.wait_for_text("20.00 %")  # unallocated remainder
         page.type_into("Policy name", "browser_mix")
-        page.wait_for_text('"news": 0.375')
+        page.wait_for_text(f"Writes {policy}")  # the page took the new name
         page.click_button("Save policy")
         page.wait_for_text(f"Saved {policy}")
         shot = page.screenshot(tmp_path / "sampler_viewer.png")

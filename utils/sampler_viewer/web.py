@@ -184,6 +184,7 @@ def save_section(percents: dict[str, float], policy_dir: str) -> None:
     except ViewerError as err:
         st.error(str(err))
         return
+    st.caption(f"Writes `{shown(path)}`:")
     st.code(json.dumps(policy, indent=2), language="json")
     st.button("Save policy", key="save", type="primary", on_click=write, args=(policy, str(path), False))
     pending = st.session_state.get("pending_overwrite")
