@@ -166,7 +166,8 @@ def read_manifest(source_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ShardError(f"{path}: unreadable manifest ({err}); re-run data/compress_data.py") from err
-    if manifest.get("format_version") != FORMAT_VERSION or not isinstance(manifest.get("shards"), list):
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION \
+            or not isinstance(manifest.get("shards"), list):
         raise ShardError(f"{path}: not a format_version {FORMAT_VERSION} manifest; re-run data/compress_data.py")
     return manifest
 

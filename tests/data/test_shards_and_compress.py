@@ -118,3 +118,10 @@ def test_skipping_lines_across_decompression_blocks(tmp_path):
     assert len(lines) == 9000 and shard.raw_bytes > 2 * (1 << 20)
     for skip in (0, 1, 2999, 4321, 7777, 8999, 9000):
         assert list(iter_shard_lines(shard, skip=skip)) == lines[skip:]
+
+
+def test_manifest_that_is_not_an_object_is_a_clear_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "manifest.json").write_text("[]")
+    with pytest.raises(ShardError, match="not a format_version 1 manifest"):
+        read_manifest(tmp_path / "src")
