@@ -7,6 +7,8 @@ training the token embeddings only. Errors raise `ModelLoadError` naming the con
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,6 +74,27 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code)
     match_vocab(model, tokenizer, train.resize_model_vocab_size)
     return model
+
+
+@contextmanager
+def zero3_init_as_configured(accelerator) -> Iterator[None]:
+    """Build the model under DeepSpeed's zero.Init only when the accelerate config sets zero3_init_flag.
+
+    accelerate registers its DeepSpeed config with transformers even when the flag is false, which makes
+    from_pretrained/from_config partition (and initialise) the model differently from a single process.
+    With the flag false the model is built whole on every process, exactly as without DeepSpeed.
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero3_init_flag or getattr(plugin, "dschf", None) is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(plugin.dschf)
 
 
 def match_vocab(model, tokenizer, resize: bool) -> None:

@@ -51,14 +51,18 @@ def build_accelerator(cfg: RunConfig):
     if precision == "auto":
         bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if bf16_gpu else "no")
-    handlers = []
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched: gloo unless GPUs (DeepSpeed on CPU needs it said)
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        handlers.append(InitProcessGroupKwargs(backend=backend, timeout=timedelta(hours=1)))
+    handlers, force_cpu = [], False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # Several CPU processes. DDP: accelerate only goes distributed when told cpu=True (else every process
+        # trains alone). DeepSpeed: cpu=True would silently fall back to DDP, so name the gloo backend instead.
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(hours=1)))
+        else:
+            force_cpu = True
     return Accelerator(
-        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, mixed_precision=precision,
-        log_with=cfg.train.log_with or None, project_dir=cfg.work_dir, step_scheduler_with_optimizer=False,
-        kwargs_handlers=handlers)
+        cpu=force_cpu, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        mixed_precision=precision, log_with=cfg.train.log_with or None, project_dir=cfg.work_dir,
+        step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -93,6 +97,7 @@ def configure_deepspeed(accelerator, train) -> None:
     ds = plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = train.train_batch_size
     ds["gradient_accumulation_steps"] = train.gradient_accumulation_steps
+    accelerator.gradient_accumulation_steps = train.gradient_accumulation_steps  # accelerate read the YAML's
     ds["train_batch_size"] = train.train_batch_size * train.gradient_accumulation_steps * accelerator.num_processes
     ds["gradient_clipping"] = train.max_grad_norm or 0.0
     zero = ds.setdefault("zero_optimization", {})
@@ -185,6 +190,11 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
     clock, last_plot = _StepClock(), time.time()
     bar = tqdm(total=t.num_training_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc="train", dynamic_ncols=True)
+    min_ratio = t.min_lr / t.lr
+
+    def say(message: str) -> None:
+        if accelerator.is_main_process:
+            bar.write(message)
     batches = iter(loader)
     model.train()
 
@@ -196,7 +206,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         model.train()
         logger.log(step, metrics)
         logger.plot()
-        bar.write(f"step {step} eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        say(f"step {step} eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         clock.pause(time.perf_counter() - started)
 
     def save() -> None:
@@ -204,7 +214,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         state = {"step": step, "tokens_seen": tokens_seen, "config": cfg.model_dump(mode="json")}
         result.last_checkpoint = ckpt.save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, loader,
                                                       state, cfg.work_dir, t.save_total_limit)
-        bar.write(f"step {step}: saved {result.last_checkpoint}")
+        say(f"step {step}: saved {result.last_checkpoint}")
         clock.pause(time.perf_counter() - started)
 
     while step < t.num_training_steps:
@@ -243,7 +253,8 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         if step % cfg.log_interval == 0 or step == t.num_training_steps:
             tokens_per_s = clock.rate()
             metrics = {"train/loss": sum(interval_losses) / len(interval_losses),
-                       "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
+                       "train/lr": t.lr * lr_factor(step - 1, t.num_warmup_steps, t.num_training_steps, min_ratio),
+                       "train/tokens_per_s": tokens_per_s,
                        "train/tokens_seen": tokens_seen}
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)

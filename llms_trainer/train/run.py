@@ -13,6 +13,7 @@ from llms_trainer.model.load import (
     count_parameters,
     load_tokenizer,
     prepare_for_training,
+    zero3_init_as_configured,
 )
 from llms_trainer.train import engine
 from llms_trainer.train.checkpoint import CheckpointError, resolve_resume
@@ -63,8 +64,9 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
                     extra={"config_file": where, "overrides": list(overrides or []), "model_config": model_config,
                            "num_processes": accelerator.num_processes})
     use_adapter = resume_from is not None and cfg.train.use_lora
-    model = build_model(cfg.train, tokenizer, model_config,
-                        weights_dir=resume_from if resume_from is not None and not use_adapter else None)
+    with zero3_init_as_configured(accelerator):
+        model = build_model(cfg.train, tokenizer, model_config,
+                            weights_dir=resume_from if resume_from is not None and not use_adapter else None)
     model = prepare_for_training(model, cfg.train, adapter_dir=resume_from / "adapter" if use_adapter else None)
     trainable, total = count_parameters(model)
     accelerator.print(f"model: {total:,} parameters, {trainable:,} trained; stage {stage.name}; "

@@ -63,8 +63,11 @@ def _merge(base: dict, changes: dict) -> dict:
 
 @pytest.fixture
 def write_config(tmp_path, corpus_dir, tiny_tokenizer_dir):
-    """write_config(name, **sections) → path of a small pretraining YAML (changes merged into the base)."""
-    def write(name: str = "run", **changes) -> Path:
+    """write_config(name, sources=None, **sections) → path of a small pretraining YAML.
+
+    `changes` are merged into the base config; `sources` replaces data.data.
+    """
+    def write(name: str = "run", sources: dict | None = None, **changes) -> Path:
         cfg = {
             "data": {"mode": "pretrain", "data": {"en": str(corpus_dir / "en"), "zh": str(corpus_dir / "zh")},
                      "concat_multiple_sequence": True, "seq_length": 32,
@@ -74,8 +77,11 @@ def write_config(tmp_path, corpus_dir, tiny_tokenizer_dir):
             "log_interval": 1, "eval_interval": 100, "save_interval": 100,
             "work_dir": str(tmp_path / name),
         }
+        cfg = _merge(cfg, changes)
+        if sources is not None:
+            cfg["data"]["data"] = sources
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(_merge(cfg, changes)))
+        path.write_text(yaml.safe_dump(cfg))
         return path
 
     return write
