@@ -109,7 +109,7 @@ def test_empty_missing_and_unusable_directories_are_inline_messages(app, tmp_pat
     (tmp_path / "broken" / "only" / "manifest.json").write_text("[]", encoding="utf-8")
     (tmp_path / "a_file.txt").write_text("x", encoding="utf-8")
     for path, message in ((tmp_path / "empty", "no sources found"), (tmp_path / "missing", "no such directory"),
-                          (tmp_path / "broken", "unreadable manifest"), (tmp_path / "a_file.txt", "no such directory")):
+                          (tmp_path / "broken", "not a format_version 1 manifest"), (tmp_path / "a_file.txt", "no such directory")):
         app.text_input(key="data_dir").set_value(str(path)).run()
         assert not app.exception, path
         assert message in _texts(app.error), (path, _texts(app.error))
