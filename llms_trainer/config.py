@@ -190,15 +190,15 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or os.path.exists(path) or path.count("/") > 1
 
 
-def _check_files(cfg: RunConfig, where: str) -> None:
-    """Missing files and impossible combinations, each named by its key."""
+def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
+    """Missing files and impossible combinations, each named by its key (`check_data`: the shard globs too)."""
     def fail(key: str, problem: str) -> None:
         raise ConfigError(f"{where}: key {key}: {problem}")
 
     d, t, e = cfg.data, cfg.train, cfg.eval
     if d.mode == "pretrain" and not d.data:
         fail("data.data", "no sources; give {source: glob of shards}")
-    for name, pattern in d.data.items():
+    for name, pattern in d.data.items() if check_data else ():
         if not (os.path.isdir(pattern) or glob.glob(pattern)):
             fail(f"data.data.{name}", f"'{pattern}' matches nothing (run python data/compress_data.py first?)")
     if d.sample_policy_file:
@@ -237,8 +237,13 @@ def _check_files(cfg: RunConfig, where: str) -> None:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> RunConfig:
-    """Read, override (`key.sub=value`), validate; raises ConfigError naming the file and key."""
+def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True,
+                check_data: bool = True) -> RunConfig:
+    """Read, override (`key.sub=value`), validate; raises ConfigError naming the file and key.
+
+    `check_files=False` validates types and keys only; `check_data=False` skips the shard globs (which
+    exist only after data/compress_data.py).
+    """
     where = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -257,7 +262,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
     if check_files:
-        _check_files(cfg, where)
+        _check_files(cfg, where, check_data)
     return cfg
 
 
