@@ -66,12 +66,17 @@ def build_accelerator(cfg: RunConfig):
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW(0.9, 0.95); no weight decay on 1-D parameters (every norm, the final one included, and biases)."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for _, p in params if p.ndim >= 2]
-    no_decay = [p for _, p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=BETAS)
+    """AdamW(0.9, 0.95); no weight decay on 1-D parameters (every norm, the final one included, and biases).
+
+    The fused kernel (CPU and CUDA) is used where the parameters allow it: same update, one kernel per step.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                  for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=fusable or None)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -143,14 +148,14 @@ class _StepClock:
         return tokens / elapsed
 
 
-def _take(iterator, n: int) -> list[dict]:
+def _take(iterator, n: int, isolate_rng: bool) -> list[dict]:
     """The next n micro-batches (fewer at the end of the data).
 
-    Creating a DataLoader iterator draws from the global torch RNG; isolating it keeps the RNG stream of
-    the training itself (dropout) the same whether or not the run was resumed.
+    Creating a DataLoader iterator (on the first fetch) draws from the global torch RNG; `isolate_rng` hides
+    that draw, so the RNG stream of training itself (dropout) is the same whether or not the run resumed.
     """
     out = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[], enabled=isolate_rng):
         for batch in iterator:
             out.append(batch)
             if len(out) == n:
@@ -166,37 +171,77 @@ def _reduce(accelerator, values: list[float]) -> list[float]:
     return accelerator.reduce(tensor, reduction="sum").tolist()
 
 
+def optimizer_step(stage: Stage, model, micro: list[dict], items: float, accelerator, optimizer, scheduler,
+                   trainable: list, max_grad_norm: float | None, step: int, last_checkpoint) -> tuple[float, object]:
+    """One optimizer step over this process's micro-batches; returns (mean loss over all processes, grad norm).
+
+    `items` is the number of loss items (target tokens) in the whole step on all processes.
+    """
+    scale = accelerator.num_processes * len(micro) / items  # undoes accelerate's / accumulation and DDP's mean
+    step_loss, grad_norm = 0.0, None
+    for batch in micro:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.accumulate(model):
+            loss = stage.loss_sum(model, batch)
+            global_sum = _reduce(accelerator, [loss.item()])[0]
+            if not math.isfinite(global_sum):  # checked before backward: DeepSpeed steps inside backward
+                raise NonFiniteLossError(
+                    f"loss is {global_sum} at step {step + 1} (on at least one process); stopped every "
+                    f"process before the update. Last good checkpoint: {last_checkpoint or 'none'}. "
+                    "Lower train.lr, check the data, or resume from that checkpoint.")
+            step_loss += global_sum / items
+            accelerator.backward(loss * scale)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm or float("inf"))
+    optimizer.step()  # the last micro-batch ended at a sync boundary, so this steps (a no-op under DeepSpeed)
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
+
+
 def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, evals, logger,
           resume_from: Path | None = None) -> TrainResult:
     """Train `model` until num_training_steps (or the data ends); every process calls this."""
     t = cfg.train
-    accum, world = t.gradient_accumulation_steps, accelerator.num_processes
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
     scheduler = make_scheduler(optimizer, t)
     configure_deepspeed(accelerator, t)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = {"step": 0, "tokens_seen": 0}
+    step = tokens_seen = 0
     if resume_from is not None:
         saved = ckpt.restore_training_state(accelerator, resume_from, model, optimizer, scheduler, loader)
-        state = {"step": saved["step"], "tokens_seen": saved["tokens_seen"]}
-        accelerator.print(f"resumed from {resume_from} at step {state['step']}")
-    result = TrainResult(step=state["step"], last_checkpoint=resume_from)
+        step, tokens_seen = saved["step"], saved["tokens_seen"]
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    result = TrainResult(step=step, last_checkpoint=resume_from)
+    first_step, last_saved, last_eval = step, (step if resume_from is not None else -1), -1
     trainable = [p for p in model.parameters() if p.requires_grad]
     flops_param, flops_attn = flops_per_token(accelerator.unwrap_model(model))
     peak = peak_flops(t, accelerator.mixed_precision)
-    step, tokens_seen = state["step"], state["tokens_seen"]
-    last_saved = step if resume_from is not None else -1
-    last_eval, interval_losses, grad_norm = -1, [], None
-    clock, last_plot = _StepClock(), time.time()
+    min_ratio = t.min_lr / t.lr
+    clock, last_plot, interval_losses, grad_norm = _StepClock(), time.time(), [], None
     bar = tqdm(total=t.num_training_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc="train", dynamic_ncols=True)
-    min_ratio = t.min_lr / t.lr
 
     def say(message: str) -> None:
         if accelerator.is_main_process:
             bar.write(message)
-    batches = iter(loader)
-    model.train()
+
+    def log_interval() -> None:
+        tokens_per_s = clock.rate()
+        metrics = {"train/loss": sum(interval_losses) / len(interval_losses),
+                   "train/lr": t.lr * lr_factor(step - 1, t.num_warmup_steps, t.num_training_steps, min_ratio),
+                   "train/tokens_per_s": tokens_per_s, "train/tokens_seen": tokens_seen}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if peak:
+            flops = flops_param + flops_attn * cfg.data.seq_length
+            metrics["train/mfu"] = tokens_per_s * flops / (peak * accelerator.num_processes)
+        for source, row in loader.report().items():
+            metrics[f"data/{source}/share"] = row["share"]
+            metrics[f"data/{source}/epochs"] = row["epochs"]
+        logger.log(step, metrics)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
+        interval_losses.clear()
 
     def run_evals() -> None:
         started = time.perf_counter()
@@ -217,56 +262,26 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         say(f"step {step}: saved {result.last_checkpoint}")
         clock.pause(time.perf_counter() - started)
 
+    batches = iter(loader)
+    model.train()
     while step < t.num_training_steps:
-        micro = _take(batches, accum)
+        micro = _take(batches, t.gradient_accumulation_steps, isolate_rng=step == first_step)
         items, tokens, short = _reduce(accelerator, [sum(stage.count_items(b) for b in micro),
                                                      sum(stage.count_tokens(b) for b in micro),
-                                                     float(len(micro) < accum)])
-        if short or items == 0:
+                                                     float(len(micro) < t.gradient_accumulation_steps)])
+        if short or items == 0:  # every process stops together
             result.stop_reason = "training data exhausted (train.num_training_epochs)"
             break
-        scale = world * accum / items
-        step_loss = 0.0
-        for batch in micro:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                loss = stage.loss_sum(model, batch)
-                global_sum = _reduce(accelerator, [loss.item()])[0]
-                if not math.isfinite(global_sum):
-                    raise NonFiniteLossError(
-                        f"loss is {global_sum} at step {step + 1} (on at least one process); stopped every "
-                        f"process before the update. Last good checkpoint: {result.last_checkpoint or 'none'}. "
-                        "Lower train.lr, check the data, or resume from that checkpoint.")
-                step_loss += global_sum / items
-                accelerator.backward(loss * scale)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm or float("inf"))
-        optimizer.step()  # the accumulate context ends every step at a sync boundary
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, grad_norm = optimizer_step(stage, model, micro, items, accelerator, optimizer, scheduler, trainable,
+                                         t.max_grad_norm, step, result.last_checkpoint)
         step += 1
         tokens_seen += int(tokens)
         clock.tokens += int(tokens)
-        result.losses[step] = step_loss
-        interval_losses.append(step_loss)
+        result.losses[step] = loss
+        interval_losses.append(loss)
         bar.update(1)
-        if step % cfg.log_interval == 0 or step == t.num_training_steps:
-            tokens_per_s = clock.rate()
-            metrics = {"train/loss": sum(interval_losses) / len(interval_losses),
-                       "train/lr": t.lr * lr_factor(step - 1, t.num_warmup_steps, t.num_training_steps, min_ratio),
-                       "train/tokens_per_s": tokens_per_s,
-                       "train/tokens_seen": tokens_seen}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            if peak:
-                seq = cfg.data.seq_length
-                metrics["train/mfu"] = tokens_per_s * (flops_param + flops_attn * seq) / (peak * world)
-            for source, row in loader.report().items():
-                metrics[f"data/{source}/share"] = row["share"]
-                metrics[f"data/{source}/epochs"] = row["epochs"]
-            logger.log(step, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
-            interval_losses = []
+        if step % cfg.log_interval == 0:
+            log_interval()
             if time.time() - last_plot > 60:
                 logger.plot()
                 last_plot = time.time()
@@ -277,6 +292,8 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
             save()
             last_saved = step
     result.step = step
+    if interval_losses:
+        log_interval()
     if t.train_and_eval and evals and last_eval != step:
         run_evals()
     if last_saved != step:
