@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_config", help=f"training YAML (default: {DEMO_CONFIG})")
     parser.add_argument("--model_config", help="config.json or YAML of a model to initialise from scratch "
                         "(used when train.ckpt is null)")
+    parser.add_argument("--check", action="store_true",
+                        help="only validate the config (keys, types, files) and exit; train_llms.sh does this first")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_args(argv)
     if args.train_config is None:
@@ -33,8 +35,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check(args: argparse.Namespace) -> int:
+    from llms_trainer.config import ConfigError, load_config, require_model_source
+
+    try:
+        cfg = load_config(args.train_config, args.overrides)
+        require_model_source(cfg, args.model_config, args.train_config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.train_config}: ok (stage {cfg.data.mode}, {cfg.train.num_training_steps} steps, "
+          f"work_dir {cfg.work_dir})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        return check(args)
     from llms_trainer.train.engine import NonFiniteLossError
     from llms_trainer.train.run import USER_ERRORS, run
 

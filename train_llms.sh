@@ -23,6 +23,10 @@ ACCELERATE=${ACCELERATE:-accelerate}
 if ! command -v "$ACCELERATE" >/dev/null 2>&1 && [ -x "$HERE/.venv/bin/accelerate" ]; then
     ACCELERATE="$HERE/.venv/bin/accelerate"
 fi
+PYTHON=$(dirname "$(command -v "$ACCELERATE")")/python
+[ -x "$PYTHON" ] || PYTHON=python3
+[ -f "$ACC_CFG" ] || { echo "error: accelerate config '$ACC_CFG' does not exist" >&2; exit 2; }
 set -- --train_config "$TRAIN_CFG" ${MODEL_CFG:+--model_config "$MODEL_CFG"} "$@"
+"$PYTHON" "$HERE/train_llms.py" --check "$@" >/dev/null || exit 2   # bad config: one error line, no launch
 exec "$ACCELERATE" launch --config_file "$ACC_CFG" ${MAIN_PROCESS_PORT:+--main_process_port "$MAIN_PROCESS_PORT"} \
     "$HERE/train_llms.py" "$@"

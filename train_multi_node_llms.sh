@@ -28,8 +28,12 @@ ACCELERATE=${ACCELERATE:-accelerate}
 if ! command -v "$ACCELERATE" >/dev/null 2>&1 && [ -x "$HERE/.venv/bin/accelerate" ]; then
     ACCELERATE="$HERE/.venv/bin/accelerate"
 fi
-echo "node $NODE_RANK of $NNODES, $NPROC_PER_NODE process(es) per node, master $MASTER_ADDR:$MASTER_PORT"
+PYTHON=$(dirname "$(command -v "$ACCELERATE")")/python
+[ -x "$PYTHON" ] || PYTHON=python3
+[ -f "$ACC_CFG" ] || { echo "error: accelerate config '$ACC_CFG' does not exist" >&2; exit 2; }
 set -- --train_config "$TRAIN_CFG" ${MODEL_CFG:+--model_config "$MODEL_CFG"} "$@"
+"$PYTHON" "$HERE/train_llms.py" --check "$@" >/dev/null || exit 2   # bad config: one error line, no launch
+echo "node $NODE_RANK of $NNODES, $NPROC_PER_NODE process(es) per node, master $MASTER_ADDR:$MASTER_PORT"
 exec "$ACCELERATE" launch --config_file "$ACC_CFG" \
     --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
     --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \

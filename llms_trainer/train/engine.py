@@ -270,7 +270,8 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
                                                      sum(stage.count_tokens(b) for b in micro),
                                                      float(len(micro) < t.gradient_accumulation_steps)])
         if short or items == 0:  # every process stops together
-            result.stop_reason = "training data exhausted (train.num_training_epochs)"
+            result.stop_reason = ("training data exhausted (train.num_training_epochs)" if short
+                                  else "a step without any target token (check data.seq_length)")
             break
         loss, grad_norm = optimizer_step(stage, model, micro, items, accelerator, optimizer, scheduler, trainable,
                                          t.max_grad_norm, step, result.last_checkpoint)

@@ -68,6 +68,10 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
         model = build_model(cfg.train, tokenizer, model_config,
                             weights_dir=resume_from if resume_from is not None and not use_adapter else None)
     model = prepare_for_training(model, cfg.train, adapter_dir=resume_from / "adapter" if use_adapter else None)
+    for key, value in (("train.downscale_weight", cfg.train.downscale_weight),
+                       ("data.split_by_shard", cfg.data.split_by_shard)):
+        if value:
+            accelerator.print(f"note: {key} is accepted for compatibility and has no effect in this trainer")
     trainable, total = count_parameters(model)
     accelerator.print(f"model: {total:,} parameters, {trainable:,} trained; stage {stage.name}; "
                       f"{accelerator.num_processes} process(es); work_dir {cfg.work_dir}")

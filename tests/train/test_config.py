@@ -82,3 +82,19 @@ def test_resolved_config_is_saved(write_config, model_config_file, tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["lr"] == 0.001 and saved["train"]["max_grad_norm"] == 1.0
     assert saved["_run"]["overrides"] == ["train.lr=0.001"]
+
+
+def test_launch_script_rejects_bad_config_before_launching(write_config, model_config_file):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(["sh", str(root / "train_llms.sh"), str(root / "configs/accelerate_configs/cpu_ddp.yaml"),
+                           str(write_config()), str(model_config_file), "train.lr=-1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "key train.lr: Input should be greater than 0" in proc.stderr

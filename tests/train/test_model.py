@@ -76,3 +76,13 @@ def test_unknown_embedding_layer_name_is_an_error(write_config, model_config_fil
     config = write_config(train={"train_token_embeddings_only": True, "token_embedding_layer_name": "wte"})
     with pytest.raises(ModelLoadError, match="token_embedding_layer_name: no parameter inside"):
         train(config, model_config_file)
+
+
+def test_model_config_may_be_yaml(write_config, tmp_path, tiny_tokenizer):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_llama(len(tiny_tokenizer), num_hidden_layers=1)))
+    train(write_config(train={"num_training_steps": 1}), path)
+    config = json.loads((tmp_path / "run" / "checkpoint-1" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["model_type"] == "llama"
