@@ -1,16 +1,18 @@
 """Training-loop benchmark: our engine vs a bare torch loop and vs Hugging Face `Trainer`; resume cost.
 
-(a) tokens/s of `llms_trainer.train.engine.train` vs a bare torch loop (same model, micro-batches, AdamW
-    and precision, no logging, no scheduler, no checkpoint) — both fed the same pre-built batches; also ours
-    fed by the real shard pipeline (tokenising on the fly, no DataLoader workers);
-(b) ours vs `transformers.Trainer` on the same model and rows (same AdamW betas, clipping, schedule);
+(a) tokens/s of `llms_trainer.train.engine.train` vs a bare torch loop (same model, micro-batches, fused
+    AdamW and precision; no logging, scheduler or checkpoint) — both fed the same pre-built batches; also
+    ours fed by the real shard pipeline (tokenising on the fly, no DataLoader workers);
+(b) ours vs `transformers.Trainer` on the same model and rows (fused AdamW, same betas, clipping, schedule);
 (c) resume cost: seconds from the start of a resumed run to its first training step, resuming at step 500
     vs at step 1 (model + optimizer + RNG + data position restored; the data is never replayed).
 
-Throughput is the median interval between the forward passes of consecutive steps after `--warmup`, so
-start-up, the final checkpoint and plotting are excluded for every contender. Each contender runs `--repeats` times
-interleaved; the best run counts. Prints `name: ours X, baseline Y, ratio Z`.
-Usage: python bench/train_loop.py [--steps 40] [--warmup 5] [--repeats 3] [--resume-steps 500]
+Paired timing (this machine is shared, so load drifts): one step of the bare loop runs between every two
+steps of the contender (ours or HF Trainer), and each side is timed on its own steps only; throughput is the
+median step after `--warmup` (start-up, final checkpoint and plots excluded). HF Trainer is compared with
+ours through the bare steps paired with each. Each contender runs `--repeats` times; the fastest counts.
+Prints `name: ours X, baseline Y, ratio Z`.
+Usage: python bench/train_loop.py [--steps 40] [--warmup 5] [--repeats 2] [--resume-steps 500]
 Data: the bundled samples (data/shuffled_data/pretrain/*.jsonl), sharded into bench/out/train_loop/.
 """
 
@@ -87,33 +89,14 @@ class ListLoader:
         return {}
 
 
-def timed_stage(stamps: list[float], loader=None) -> Stage:
-    """The pretrain stage, stamping the time of every forward (and optionally fed by `loader`)."""
+def timed_stage(before_forward, loader=None) -> Stage:
+    """The pretrain stage calling `before_forward()` ahead of every forward (optionally fed by `loader`)."""
     def loss_sum(model, batch):
-        stamps.append(time.perf_counter())
+        before_forward()
         return pretrain.loss_sum(model, batch)
 
     build = (lambda cfg, tok, acc: loader) if loader is not None else pretrain.build_train_data
     return Stage("pretrain", build, loss_sum, pretrain.count_items, pretrain.count_tokens, lambda *a: [])
-
-
-def rate(stamps: list[float], tokens_per_step: int, warmup: int) -> float:
-    """Tokens per second of the median step after warmup (robust to bursts of load on a shared machine)."""
-    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:], strict=False)]
-    return tokens_per_step / statistics.median(steps)
-
-
-def ours(config: Path, warmup: int, batches: list[dict] | None) -> float:
-    stamps: list[float] = []
-    stage = timed_stage(stamps, ListLoader(batches) if batches is not None else None)
-    original = pretrain.PRETRAIN
-    pretrain.PRETRAIN = stage  # run() picks the pretrain stage from this module
-    try:
-        run(config, [], str(MODEL_CONFIG))
-    finally:
-        pretrain.PRETRAIN = original
-        reset_accelerate()
-    return rate(stamps, MICRO_BATCH * SEQ_LENGTH, warmup)
 
 
 def fresh_model(seed: int = 42):
@@ -123,48 +106,76 @@ def fresh_model(seed: int = 42):
     return AutoModelForCausalLM.from_config(load_model_config(MODEL_CONFIG), dtype=torch.float32)
 
 
-def bare_torch(batches: list[dict], warmup: int) -> float:
-    """The minimal loop: forward with labels, backward, clip, AdamW step."""
-    model = fresh_model().train()
-    optimizer = engine.make_optimizer(model, LR, 0.1)
-    stamps = []
-    for batch in batches:
-        stamps.append(time.perf_counter())
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     use_cache=False).loss
+class PairedBareLoop:
+    """The bare torch loop, one step at a time, run between the contender's steps.
+
+    `mark()` runs one bare step and records when it started and ended. The contender's step k is the time
+    from the end of bare step k to the start of bare step k + 1, so both are measured in the same moments
+    of machine load. Bare step: forward with labels, backward, clip, AdamW (the engine's optimizer) step.
+    """
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.marks = batches, []
+        self.model = fresh_model().train()
+        self.optimizer = engine.make_optimizer(self.model, LR, 0.1)
+
+    def mark(self) -> None:
+        start = time.perf_counter()
+        batch = self.batches[len(self.marks) % len(self.batches)]
+        loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"], use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return rate(stamps, MICRO_BATCH * SEQ_LENGTH, warmup)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.marks.append((start, time.perf_counter()))
+
+    def medians(self, warmup: int) -> tuple[float, float]:
+        """(median contender step, median bare step) in seconds, after `warmup` steps."""
+        marks = self.marks[warmup:]
+        contender = [nxt[0] - cur[1] for cur, nxt in zip(marks, marks[1:], strict=False)]
+        return statistics.median(contender), statistics.median(end - start for start, end in marks)
 
 
-def hf_trainer(batches: list[dict], warmup: int) -> float:
+def ours(config: Path, warmup: int, batches: list[dict], fed_by_pipeline: bool) -> tuple[float, float]:
+    """(our median step, paired bare step) in seconds."""
+    bare = PairedBareLoop(batches)
+    original = pretrain.PRETRAIN
+    pretrain.PRETRAIN = timed_stage(bare.mark, None if fed_by_pipeline else ListLoader(batches))
+    try:
+        run(config, [], str(MODEL_CONFIG))  # run() takes the pretrain stage from this module
+    finally:
+        pretrain.PRETRAIN = original
+        reset_accelerate()
+    return bare.medians(warmup)
+
+
+def hf_trainer(batches: list[dict], warmup: int) -> tuple[float, float]:
+    """(HF Trainer median step, paired bare step) in seconds."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(MICRO_BATCH)]
-    stamps: list[float] = []
+    bare = PairedBareLoop(batches)
 
-    class Stamp(TrainerCallback):
+    class Pair(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
+            bare.mark()
 
     args = TrainingArguments(
         output_dir=str(OUT / "hf_trainer"), max_steps=len(batches), per_device_train_batch_size=MICRO_BATCH,
         learning_rate=LR, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, max_grad_norm=1.0,
         lr_scheduler_type="cosine", warmup_steps=2, logging_steps=10, save_strategy="no", report_to=[],
         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=42)
-    trainer = Trainer(model=fresh_model(), args=args, train_dataset=rows, callbacks=[Stamp()])
-    trainer.train()
+    Trainer(model=fresh_model(), args=args, train_dataset=rows, callbacks=[Pair()]).train()
     reset_accelerate()
-    return rate(stamps, MICRO_BATCH * SEQ_LENGTH, warmup)
+    return bare.medians(warmup)
 
 
 def resume_seconds(config: Path, checkpoint_step: int) -> float:
     """Seconds from calling run() to the first training step after work_dir/checkpoint-<checkpoint_step>."""
     stamps: list[float] = []
     original = pretrain.PRETRAIN
-    pretrain.PRETRAIN = timed_stage(stamps)
+    pretrain.PRETRAIN = timed_stage(lambda: stamps.append(time.perf_counter()))
     try:
         start = time.perf_counter()
         checkpoint = OUT / config.stem / f"checkpoint-{checkpoint_step}"
@@ -180,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per throughput run")
     parser.add_argument("--warmup", type=int, default=5, help="steps not timed at the start")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per contender (best counts)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per contender (best counts)")
     parser.add_argument("--resume-steps", type=int, default=500, help="the late checkpoint of the resume test")
     args = parser.parse_args()
     data = make_shards()
@@ -193,17 +204,22 @@ def main() -> None:
     loader = pretrain.build_train_data(load_config(config), load_tokenizer(str(TOKENIZER)), Accelerator())
     reset_accelerate()
     batches = [b for _, b in zip(range(args.steps), loader, strict=False)]
-    best = {"ours": 0.0, "ours_pipeline": 0.0, "bare": 0.0, "hf": 0.0}
+    tokens = MICRO_BATCH * SEQ_LENGTH
+    runs = {"ours": [], "ours_pipeline": [], "hf": []}
     for _ in range(args.repeats):
-        best["bare"] = max(best["bare"], bare_torch(batches, args.warmup))
-        best["ours"] = max(best["ours"], ours(config, args.warmup, batches))
-        best["ours_pipeline"] = max(best["ours_pipeline"], ours(config, args.warmup, None))
-        best["hf"] = max(best["hf"], hf_trainer(batches, args.warmup))
-    for name, baseline, key in (("train_loop_vs_bare_torch", "bare", "ours"),
-                                ("train_loop_with_shard_pipeline_vs_bare_torch", "bare", "ours_pipeline"),
-                                ("train_loop_vs_hf_trainer", "hf", "ours")):
-        print(f"{name} (tokens/s): ours {best[key]:.0f}, baseline {best[baseline]:.0f}, "
-              f"ratio {best[key] / best[baseline]:.3f}", flush=True)
+        runs["ours"].append(ours(config, args.warmup, batches, fed_by_pipeline=False))
+        runs["ours_pipeline"].append(ours(config, args.warmup, batches, fed_by_pipeline=True))
+        runs["hf"].append(hf_trainer(batches, args.warmup))
+    best = {name: min(pairs) for name, pairs in runs.items()}  # (contender, bare) of the fastest repeat
+    for name, key in (("train_loop_vs_bare_torch", "ours"),
+                      ("train_loop_with_shard_pipeline_vs_bare_torch", "ours_pipeline")):
+        mine, bare = best[key]
+        print(f"{name} (tokens/s, paired steps): ours {tokens / mine:.0f}, baseline {tokens / bare:.0f}, "
+              f"ratio {bare / mine:.3f}", flush=True)
+    (mine, bare_mine), (hf, bare_hf) = best["ours"], best["hf"]
+    hf_scaled = hf * bare_mine / bare_hf  # HF's step at the load our run saw (the paired bare steps compare them)
+    print(f"train_loop_vs_hf_trainer (tokens/s): ours {tokens / mine:.0f}, baseline {tokens / hf_scaled:.0f}, "
+          f"ratio {hf_scaled / mine:.3f}", flush=True)
 
     early = write_config(data, "resume_early", 1, train_batch_size=2, num_warmup_steps=0)
     late = write_config(data, "resume_late", args.resume_steps, train_batch_size=2)
