@@ -2,9 +2,9 @@
 
 metrics.jsonl is append-only, one UTF-8 JSON line per `log` call: {"step": optimizer step, <name>: value,
 ..., "time": unix seconds}; non-finite values are written as null. `plot` draws one panel per metric name
-(x = optimizer step) from everything in metrics.jsonl — earlier runs of the same work_dir included, so a
-resumed run's curve continues; when a step was logged twice (a resume replays steps after the last
-checkpoint) the later value wins. Only the main process writes.
+(x = optimizer step) from this run's history: `start_at(step)` keeps the rows up to a resumed step (the
+steps after the checkpoint are replayed and logged again), and a fresh run (step 0) moves an earlier run's
+file to metrics.prev.jsonl, so curves of different runs never mix. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -131,6 +131,17 @@ class MetricsLogger:
         if accelerator.is_main_process and self.path.is_file():
             self.rows = read_metrics(self.path)
             _end_last_line(self.path)
+
+    def start_at(self, step: int) -> None:
+        """Begin logging at optimizer step `step`: keep the history up to it (a resume) or none (a fresh run)."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return
+        if step == 0:
+            os.replace(self.path, self.path.with_name("metrics.prev.jsonl"))
+            self.rows = []
+            return
+        self.rows = [row for row in self.rows if row["step"] <= step]
+        atomic_write(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows).encode())
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append {"step", **metrics, "time"} to metrics.jsonl and send the finite values to trackers."""

@@ -2,10 +2,36 @@
 # The whole pipeline on the bundled samples, on CPU (called by `make demo`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+PY=python
+OUT=work_dirs/tiny_demo
+TOK=work_dirs/tokenizer_demo
 
 echo "== 1. compress the bundled samples into zstd shards"
 $PY data/compress_data.py
 
-echo "== 2. the mixture a training run would draw (policy: configs/sample_policy/demo.json)"
+echo "== 2. the mixture a training run draws (policy: configs/sample_policy/demo.json)"
 $PY utils/inspect_mixture.py --data data/pretrain_data --policy configs/sample_policy/demo.json --tokens 100000
+
+echo "== 3. continued pretraining of a tiny Llama from scratch (CPU, about a minute)"
+sh train_llms.sh configs/accelerate_configs/cpu.yaml configs/pretrain_configs/tiny_demo.yaml \
+    configs/model_configs/tiny_llama.json
+CKPT=$(ls -d "$OUT"/checkpoint-* | sort -t- -k2 -n | tail -n 1)
+
+echo "== 4. tokenizer extension: Chinese SentencePiece, merge into demo_base, chat tokens, extend the model"
+rm -rf "$TOK"
+$PY utils/train_tokenizer.py --data data/pretrain_data/wiki_zh data/pretrain_data/qa_zh --vocab-size 3000 \
+    --output "$TOK/zh_sp"
+$PY utils/merge_tokenizer.py --base configs/tokenizers/demo_base --add "$TOK/zh_sp.model" --output "$TOK/merged" \
+    --report-text eval_data/pretrain/nll.jsonl
+$PY utils/add_chat_tokens.py --tokenizer "$TOK/merged" --output "$TOK/chat"
+$PY utils/extend_model_token_embeddings.py --model "$CKPT" --new-tokenizer "$TOK/chat" --output "$TOK/extended_model"
+
+echo
+echo "== done"
+echo "checkpoint:          $CKPT"
+echo "metrics:             $OUT/metrics.jsonl"
+echo "plot:                $(ls "$OUT"/*.png | head -n 1)"
+echo "generations:         $OUT/generation_eval/"
+echo "merged tokenizer:    $TOK/chat  (report: $TOK/merged/merge_report.json)"
+echo "extended model:      $TOK/extended_model"

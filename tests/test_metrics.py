@@ -94,3 +94,20 @@ def test_only_the_main_process_writes(tmp_path):
     logger.log(1, {"train/loss": 1.0})
     assert logger.plot() is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_drops_replayed_steps_and_a_fresh_run_starts_a_new_file(tmp_path):
+    first = MetricsLogger(tmp_path, None, "run.png", FakeAccelerator())
+    for step, loss in [(10, 3.0), (20, 2.0), (30, 1.5)]:
+        first.log(step, {"train/loss": loss})
+    resumed = MetricsLogger(tmp_path, None, "run.png", FakeAccelerator())
+    resumed.start_at(20)  # the checkpoint was at step 20: step 30 is trained and logged again
+    resumed.log(30, {"train/loss": 1.4})
+    assert [(r["step"], r["train/loss"]) for r in read_lines(tmp_path / "metrics.jsonl")] == [
+        (10, 3.0), (20, 2.0), (30, 1.4)]
+    fresh = MetricsLogger(tmp_path, None, "run.png", FakeAccelerator())
+    fresh.start_at(0)
+    fresh.log(10, {"train/loss": 9.0})
+    assert [r["train/loss"] for r in read_lines(tmp_path / "metrics.jsonl")] == [9.0]
+    assert len(read_lines(tmp_path / "metrics.prev.jsonl")) == 3
+    assert metric_series(fresh.rows)["train/loss"] == ([10], [9.0])

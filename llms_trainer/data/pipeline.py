@@ -161,9 +161,11 @@ class ResumableLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.worker_states = list(self.worker_states)
         self.batches = 0
+        # An own generator: creating the iterator must not draw from the global torch RNG (dropout etc.),
+        # or a resumed run's random stream would differ from an uninterrupted one.
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor, collate_fn=_identity,
-                            persistent_workers=False)
+                            persistent_workers=False, generator=torch.Generator())
         slots = len(self.worker_states)
         for batch in loader:
             self.worker_states[self.batches % slots] = batch.pop("state")

@@ -148,18 +148,13 @@ class _StepClock:
         return tokens / elapsed
 
 
-def _take(iterator, n: int, isolate_rng: bool) -> list[dict]:
-    """The next n micro-batches (fewer at the end of the data).
-
-    Creating a DataLoader iterator (on the first fetch) draws from the global torch RNG; `isolate_rng` hides
-    that draw, so the RNG stream of training itself (dropout) is the same whether or not the run resumed.
-    """
+def _take(iterator, n: int) -> list[dict]:
+    """The next n micro-batches (fewer at the end of the data)."""
     out = []
-    with torch.random.fork_rng(devices=[], enabled=isolate_rng):
-        for batch in iterator:
-            out.append(batch)
-            if len(out) == n:
-                break
+    for batch in iterator:
+        out.append(batch)
+        if len(out) == n:
+            break
     return out
 
 
@@ -212,8 +207,9 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         saved = ckpt.restore_training_state(accelerator, resume_from, model, optimizer, scheduler, loader)
         step, tokens_seen = saved["step"], saved["tokens_seen"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
+    logger.start_at(step)
     result = TrainResult(step=step, last_checkpoint=resume_from)
-    first_step, last_saved, last_eval = step, (step if resume_from is not None else -1), -1
+    last_saved, last_eval = (step if resume_from is not None else -1), -1
     trainable = [p for p in model.parameters() if p.requires_grad]
     flops_param, flops_attn = flops_per_token(accelerator.unwrap_model(model))
     peak = peak_flops(t, accelerator.mixed_precision)
@@ -265,7 +261,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
     batches = iter(loader)
     model.train()
     while step < t.num_training_steps:
-        micro = _take(batches, t.gradient_accumulation_steps, isolate_rng=step == first_step)
+        micro = _take(batches, t.gradient_accumulation_steps)
         items, tokens, short = _reduce(accelerator, [sum(stage.count_items(b) for b in micro),
                                                      sum(stage.count_tokens(b) for b in micro),
                                                      float(len(micro) < t.gradient_accumulation_steps)])

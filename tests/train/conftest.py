@@ -88,11 +88,15 @@ def write_config(tmp_path, corpus_dir, tiny_tokenizer_dir):
 
 
 class RecordingLogger:
-    """Keeps logged metrics in memory (the engine's logger interface: log + plot)."""
+    """Keeps logged metrics in memory (the engine's logger interface: start_at + log + plot)."""
 
     def __init__(self):
         self.rows: list[tuple[int, dict]] = []
         self.plots = 0
+        self.started_at: int | None = None
+
+    def start_at(self, step: int) -> None:
+        self.started_at = step
 
     def log(self, step: int, metrics: dict) -> None:
         self.rows.append((step, dict(metrics)))
