@@ -4,7 +4,8 @@
 # e.g.  sh train_llms.sh configs/accelerate_configs/cpu_ddp.yaml configs/pretrain_configs/tiny_demo.yaml \
 #          configs/model_configs/tiny_llama.json train.num_training_steps=20
 # MODEL_CFG (a config.json / YAML) initialises the model from scratch when train.ckpt is null.
-# MAIN_PROCESS_PORT (env) picks the rendezvous port when several runs share a machine.
+# MAIN_PROCESS_PORT (env) picks the rendezvous port when several runs share a machine; LAUNCH_ARGS (env)
+# adds accelerate launch options (train_multi_node_llms.sh sets the node layout through it).
 set -eu
 if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
@@ -28,5 +29,6 @@ PYTHON=$(dirname "$(command -v "$ACCELERATE")")/python
 [ -f "$ACC_CFG" ] || { echo "error: accelerate config '$ACC_CFG' does not exist" >&2; exit 2; }
 set -- --train_config "$TRAIN_CFG" ${MODEL_CFG:+--model_config "$MODEL_CFG"} "$@"
 "$PYTHON" "$HERE/train_llms.py" --check "$@" >/dev/null || exit 2   # bad config: one error line, no launch
+# shellcheck disable=SC2086  # LAUNCH_ARGS is a list of options
 exec "$ACCELERATE" launch --config_file "$ACC_CFG" ${MAIN_PROCESS_PORT:+--main_process_port "$MAIN_PROCESS_PORT"} \
-    "$HERE/train_llms.py" "$@"
+    ${LAUNCH_ARGS:-} "$HERE/train_llms.py" "$@"
