@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
 from pathlib import Path
 
 EN_WORDS = ("the model reads data from many sources and learns to predict the next token while the "
@@ -59,7 +58,3 @@ def tokenizer_corpus(seed: int = 0, n: int = 400) -> list[str]:
     rng = random.Random(seed)
     return [sentence(rng, chinese=i % 2 == 1) + " 0123456789" for i in range(n)]
 
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

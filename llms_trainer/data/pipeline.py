@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -67,7 +67,6 @@ class PretrainSpec:
     max_epochs: int | None = None  # None: sources repeat forever (step-limited training)
     buffer_records: int = 1024
     tokenize_batch_docs: int = 64
-    extra: dict = field(default_factory=dict)
 
 
 class Chain:
