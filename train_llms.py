@@ -8,12 +8,15 @@ With no arguments: the tiny CPU demo (configs/pretrain_configs/tiny_demo.yaml fr
 configs/model_configs/tiny_llama.json; run `python data/compress_data.py` first).
 Overrides change any config key, e.g. train.lr=1e-4 train.num_training_steps=50 work_dir=runs/x.
 Writes work_dir/checkpoint-<step>/ (HF model + tokenizer + trainer state), work_dir/metrics.jsonl,
-work_dir/config.yaml and the metrics PNG. Exit codes: 0 done, 2 bad input, 1 training diverged.
+work_dir/config.yaml and the metrics PNG. A work_dir belongs to one run at a time; a fresh run
+(train.resume=none) into a work_dir holding checkpoints stops unless train.overwrite_work_dir=true.
+Exit codes: 0 done, 2 bad input (one `error:` line; nothing in work_dir changed), 1 training diverged.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEMO_CONFIG = "configs/pretrain_configs/tiny_demo.yaml"
@@ -36,12 +39,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check(args: argparse.Namespace) -> int:
-    from llms_trainer.config import ConfigError, load_config, require_model_source
+    """Validate the config and what the run would find in work_dir; 0 ok, 2 with one error line."""
+    from llms_trainer.config import load_config, require_model_source
+    from llms_trainer.train.checkpoint import resolve_resume
+    from llms_trainer.train.errors import USER_ERRORS
+    from llms_trainer.train.workdir import plan_lineage
 
     try:
         cfg = load_config(args.train_config, args.overrides)
         require_model_source(cfg, args.model_config, args.train_config)
-    except ConfigError as err:
+        plan_lineage(cfg.work_dir, resolve_resume(cfg.train.resume, cfg.work_dir), cfg.train.overwrite_work_dir)
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{args.train_config}: ok (stage {cfg.data.mode}, {cfg.train.num_training_steps} steps, "
@@ -53,17 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check:
         return check(args)
-    from llms_trainer.train.engine import NonFiniteLossError
-    from llms_trainer.train.run import USER_ERRORS, run
+    from llms_trainer.train import errors
+    from llms_trainer.train.lifeline import die_with_parent
+
+    if "LOCAL_RANK" in os.environ:  # started by a launcher: end with it (torch elastic detaches ranks)
+        die_with_parent()
+    from llms_trainer.train.run import run
 
     try:
         run(args.train_config, args.overrides, args.model_config)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        code = errors.exit_code(err)
+        if code is None:
+            raise
+        return errors.report(err, code)
     return 0
 
 

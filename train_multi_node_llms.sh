@@ -3,9 +3,11 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 sh train_multi_node_llms.sh ACC_CFG TRAIN_CFG [MODEL_CFG] [key=value ...]
 # Environment (defaults = one node): NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500),
 # NPROC_PER_NODE (GPUs on this node, else 1). work_dir must be on a filesystem every node shares.
+# Exit codes and everything else as train_llms.sh (see sh train_llms.sh --help).
 set -eu
 if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    [ $# -ge 1 ] && { [ "$1" = "-h" ] || [ "$1" = "--help" ]; } && exit 0
     exit 2
 fi
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
