@@ -2,20 +2,31 @@
 
     work_dir/checkpoint-<step>/      HF model (safetensors) + tokenizer, loadable by from_pretrained
         adapter/                     LoRA only: the peft adapter (the HF files hold the merged weights)
-        trainer_state/state.json     step, tokens seen, number of processes, resolved config
-        trainer_state/optimizer.pt, scheduler.pt      (DeepSpeed: trainer_state/deepspeed/, every rank's shard)
-        trainer_state/rng_rank<r>.pt, data_rank<r>.json   per process
+        trainer_state/state.json     step, tokens seen, lineage id, number of processes, resolved config
+        trainer_state/optimizer.pt   tensors and plain values only (DeepSpeed: trainer_state/deepspeed/)
+        trainer_state/rng_rank<r>.json, data_rank<r>.json   per process, plain JSON
         COMPLETE                     written last; a directory without it is ignored
 
 A checkpoint is written into `checkpoint-<step>.partial/` and renamed when every process has finished, so
-a crash mid-save leaves the previous checkpoints as they were. Every process calls `save_checkpoint` and
-`restore_training_state` (collectives inside). Multi-node runs need `work_dir` on a shared filesystem.
+a crash or a full disk mid-save leaves the previous checkpoints as they were; a save that fails on any
+process stops every process with one CheckpointError. Rotation renames a checkpoint away (dropping its
+COMPLETE name) before deleting it, and only ever deletes older checkpoints of the run's own lineage.
+Weights with NaN/inf are never saved. Every process calls `save_checkpoint` and `restore_training_state`
+(collectives inside). Multi-node runs need `work_dir` on a shared filesystem.
+
+Loading is pickle-free: `optimizer.pt` loads with `torch.load(weights_only=True)`, the rest is JSON. The
+learning-rate schedule is not stored: it is a function of the step and the config (a resume applies the
+config's schedule from the resumed step). DeepSpeed's own loader unpickles its files without restriction
+(`weights_only=False` in deepspeed's torch checkpoint engine), so every file of a DeepSpeed checkpoint is
+first opened here with `weights_only=True` and a short allow-list of the plain types DeepSpeed writes; a file
+holding anything else is refused before DeepSpeed reads it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -24,15 +35,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+
+from llms_trainer.train.errors import CheckpointError, NonFiniteError, any_rank
 
 MARKER = "COMPLETE"
 STATE_DIR = "trainer_state"
 DS_TAG = "engine"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from (message names the directory)."""
+# What a failed write raises: safetensors and torch.save report I/O errors (disk full, file too large) as
+# their own SafetensorError and RuntimeError.
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+_LEFTOVER = re.compile(r"^checkpoint-\d+\.(partial|deleting|old)$")
 
 
 def complete_checkpoints(work_dir: str | Path) -> list[tuple[int, Path]]:
@@ -61,6 +75,22 @@ def resolve_resume(resume: str, work_dir: str | Path) -> Path | None:
     return path
 
 
+def leftover_dirs(work_dir: str | Path) -> list[Path]:
+    """Directories left by a crashed save (`.partial`), rotation (`.deleting`) or replace (`.old`)."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    return [child for child in work_dir.iterdir() if _LEFTOVER.match(child.name)]
+
+
+def checkpoint_lineage(checkpoint: Path) -> str | None:
+    """The lineage id a checkpoint was written under (None for unreadable or older checkpoints)."""
+    try:
+        return read_state(checkpoint).get("lineage")
+    except CheckpointError:
+        return None
+
+
 def read_state(checkpoint: Path) -> dict:
     """trainer_state/state.json of a checkpoint."""
     try:
@@ -70,18 +100,24 @@ def read_state(checkpoint: Path) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA) generator states as plain JSON values."""
+    version, words, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(words), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def is_deepspeed(accelerator) -> bool:
@@ -92,11 +128,18 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
-def _save_model(accelerator, model, tokenizer, out: Path) -> None:
-    """HF weights (merged for LoRA, 16-bit gathered under ZeRO-3) + tokenizer; collective."""
+def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Exception]) -> None:
+    """HF weights (merged for LoRA, 16-bit gathered under ZeRO-3) + tokenizer; collective.
+
+    An OSError on this process is appended to `failures` (the collectives still run on every process).
+    """
     unwrapped = accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "peft_config"):  # LoRA: adapter for resume, merged weights for from_pretrained
-        if accelerator.is_main_process:
+    lora = hasattr(unwrapped, "peft_config")
+    state_dict = None if lora else accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    try:
+        if lora:  # adapter for resume, merged weights for from_pretrained
             unwrapped.save_pretrained(str(out / "adapter"))
             unwrapped.merge_adapter()
             try:
@@ -105,46 +148,93 @@ def _save_model(accelerator, model, tokenizer, out: Path) -> None:
                 base.save_pretrained(str(out), state_dict=merged)
             finally:
                 unwrapped.unmerge_adapter()
-    else:
-        state_dict = accelerator.get_state_dict(model)
-        if accelerator.is_main_process:
+        else:
             unwrapped.save_pretrained(str(out), state_dict=state_dict)
-    if accelerator.is_main_process:
         tokenizer.save_pretrained(str(out))
+    except WRITE_ERRORS as err:
+        failures.append(err)
 
 
-def _save_trainer_state(accelerator, model, optimizer, scheduler, loader, state: dict, out: Path) -> None:
-    """Optimizer, scheduler, per-rank RNG and data position; collective under DeepSpeed."""
+def _save_trainer_state(accelerator, model, optimizer, loader, state: dict, out: Path,
+                        failures: list[Exception]) -> None:
+    """Optimizer, per-rank RNG and data position; collective under DeepSpeed."""
     rank = accelerator.process_index
-    torch.save(rng_state(), out / f"rng_rank{rank}.pt")
-    _write_json(out / f"data_rank{rank}.json", loader.state_dict())
+    if failures:  # this process could not write the weights: the collectives below still need it
+        if is_deepspeed(accelerator):
+            try:
+                model.save_checkpoint(str(out / "deepspeed"), tag=DS_TAG, save_latest=False)
+            except WRITE_ERRORS:
+                pass
+        return
+    try:
+        _write_json(out / f"rng_rank{rank}.json", rng_state())
+        _write_json(out / f"data_rank{rank}.json", loader.state_dict())
+    except WRITE_ERRORS as err:
+        failures.append(err)
     if is_deepspeed(accelerator):
-        model.save_checkpoint(str(out / "deepspeed"), tag=DS_TAG, save_latest=False)
+        try:
+            model.save_checkpoint(str(out / "deepspeed"), tag=DS_TAG, save_latest=False)
+        except WRITE_ERRORS as err:
+            failures.append(err)
     elif accelerator.is_main_process:
-        torch.save(optimizer.state_dict(), out / "optimizer.pt")
-        torch.save(scheduler.state_dict(), out / "scheduler.pt")
+        try:
+            torch.save(optimizer.state_dict(), out / "optimizer.pt")
+        except WRITE_ERRORS as err:
+            failures.append(err)
     if accelerator.is_main_process:
-        _write_json(out / "state.json", {**state, "num_processes": accelerator.num_processes})
+        try:
+            _write_json(out / "state.json", {**state, "num_processes": accelerator.num_processes})
+        except WRITE_ERRORS as err:
+            failures.append(err)
 
 
-def save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, loader, state: dict,
-                    work_dir: str | Path, save_total_limit: int | None) -> Path:
-    """Write checkpoint-<state['step']> atomically, then keep the newest `save_total_limit`. All ranks call."""
+def parameters_finite(accelerator, model) -> bool:
+    """True on every process when no trained parameter (this rank's shard under ZeRO) is NaN or inf."""
+    bad = False
+    for param in model.parameters():
+        data = getattr(param, "ds_tensor", None)
+        data = param.data if data is None else data
+        if data.numel() and not bool(torch.isfinite(data).all()):
+            bad = True
+            break
+    return not any_rank(accelerator, bad)
+
+
+def save_checkpoint(accelerator, model, tokenizer, optimizer, loader, state: dict, work_dir: str | Path,
+                    save_total_limit: int | None) -> Path:
+    """Write checkpoint-<state['step']> atomically, then rotate this lineage's older ones. All ranks call.
+
+    Raises NonFiniteError (weights with NaN/inf are never saved) or CheckpointError (a write failed on any
+    process: the partial directory is removed, earlier checkpoints are untouched), on every process.
+    """
     work_dir = Path(work_dir)
     step = int(state["step"])
+    if not parameters_finite(accelerator, model):
+        raise NonFiniteError(f"the weights hold NaN/inf at step {step}; not saving them")
     final = work_dir / f"checkpoint-{step}"
     partial = work_dir / f"checkpoint-{step}.partial"
+    failures: list[Exception] = []
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier save of this step
-        (partial / STATE_DIR).mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    _save_model(accelerator, model, tokenizer, partial)
-    _save_trainer_state(accelerator, model, optimizer, scheduler, loader, state, partial / STATE_DIR)
-    accelerator.wait_for_everyone()
+        try:
+            (partial / STATE_DIR).mkdir(parents=True)
+        except WRITE_ERRORS as err:
+            failures.append(err)
+    if not any_rank(accelerator, bool(failures)):
+        _save_model(accelerator, model, tokenizer, partial, failures)
+        _save_trainer_state(accelerator, model, optimizer, loader, state, partial / STATE_DIR, failures)
+    if any_rank(accelerator, bool(failures)):
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        reason = f" ({getattr(failures[0], 'strerror', None) or failures[0]})" if failures else " (on another process)"
+        error = CheckpointError(f"could not write {final}{reason}; earlier checkpoints are kept. Free disk space "
+                                "(or raise the file-size limit) and resume with train.resume=auto")
+        error.agreed = True
+        raise error
     if accelerator.is_main_process:
         _write_json(partial / MARKER, {"step": step, "time": time.time()})
         _replace_dir(partial, final)
-        rotate_checkpoints(work_dir, save_total_limit)
+        rotate_checkpoints(work_dir, save_total_limit, state.get("lineage"), keep=final)
     accelerator.wait_for_everyone()
     return final
 
@@ -160,23 +250,49 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def rotate_checkpoints(work_dir: str | Path, save_total_limit: int | None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond the limit; nothing else in work_dir is touched."""
+def rotate_checkpoints(work_dir: str | Path, save_total_limit: int | None, lineage: str | None,
+                       keep: Path) -> list[Path]:
+    """Delete this lineage's complete checkpoints beyond the newest `save_total_limit`, never `keep`.
+
+    Each is first renamed to `checkpoint-<n>.deleting` (so a kill mid-delete never leaves a directory that
+    still looks complete), then deleted. Other lineages and other files in work_dir are never touched.
+    """
     if not save_total_limit:
         return []
-    found = complete_checkpoints(work_dir)
-    doomed = [path for _, path in found[: max(0, len(found) - save_total_limit)]]
+    ours = [path for _, path in complete_checkpoints(work_dir) if checkpoint_lineage(path) == lineage]
+    doomed = [path for path in ours[: max(0, len(ours) - save_total_limit)] if path.resolve() != keep.resolve()]
     for path in doomed:
-        shutil.rmtree(path)
+        retired = path.with_name(f"{path.name}.deleting")
+        os.replace(path, retired)
+        shutil.rmtree(retired)
     return doomed
 
 
-def restore_training_state(accelerator, checkpoint: Path, model, optimizer, scheduler, loader) -> dict:
-    """Load optimizer, scheduler, this rank's RNG and data position; returns state.json. All ranks call.
+# Plain types DeepSpeed writes into its checkpoint files besides tensors (checked with weights_only=True).
+def _deepspeed_safe_types() -> list:
+    import collections
 
-    The weights themselves are loaded before `prepare` (from the checkpoint's HF files, or its adapter),
-    except under DeepSpeed whose engine checkpoint restores exact weights and optimizer together.
-    """
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [collections.OrderedDict, ZeroStageEnum, LossScaler, fragment_address, torch.Size]
+
+
+def check_deepspeed_files(folder: Path) -> None:
+    """Refuse a DeepSpeed checkpoint whose files hold anything beyond tensors and a few plain DeepSpeed types."""
+    for path in sorted(folder.rglob("*.pt")):
+        try:
+            with torch.serialization.safe_globals(_deepspeed_safe_types()):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # UnpicklingError, or a bad zip: either way DeepSpeed must not open it
+            raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain DeepSpeed "
+                                  f"state ({str(err).splitlines()[0][:200]}); only resume from checkpoints "
+                                  "this trainer wrote") from None
+
+
+def check_resumable(checkpoint: Path, accelerator) -> None:
+    """Refuse, before any work, a checkpoint this run cannot resume: process count, backend, unsafe files."""
     state = read_state(checkpoint)
     saved = state.get("num_processes")
     if saved != accelerator.num_processes:
@@ -187,15 +303,34 @@ def restore_training_state(accelerator, checkpoint: Path, model, optimizer, sche
         if not (folder / "deepspeed").is_dir():
             raise CheckpointError(f"{checkpoint}: not written under DeepSpeed; resume it with a non-DeepSpeed "
                                   "accelerate config, or start fresh (train.resume=none)")
-        model.load_checkpoint(str(folder / "deepspeed"), tag=DS_TAG, load_optimizer_states=True,
-                              load_lr_scheduler_states=True)
-    else:
-        if not (folder / "optimizer.pt").is_file():
-            raise CheckpointError(f"{checkpoint}: written under DeepSpeed; resume it with the same DeepSpeed "
-                                  "accelerate config, or start fresh (train.resume=none)")
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        check_deepspeed_files(folder / "deepspeed")
+    elif not (folder / "optimizer.pt").is_file():
+        raise CheckpointError(f"{checkpoint}: written under DeepSpeed; resume it with the same DeepSpeed "
+                              "accelerate config, or start fresh (train.resume=none)")
+
+
+def restore_training_state(accelerator, checkpoint: Path, model, optimizer, loader) -> dict:
+    """Load optimizer, this rank's RNG and data position; returns state.json. All ranks call.
+
+    The weights themselves are loaded before `prepare` (from the checkpoint's HF files, or its adapter),
+    except under DeepSpeed whose engine checkpoint restores exact weights and optimizer together.
+    `check_resumable` has already accepted the checkpoint.
+    """
+    folder = checkpoint / STATE_DIR
     rank = accelerator.process_index
-    loader.load_state_dict(json.loads((folder / f"data_rank{rank}.json").read_text(encoding="utf-8")))
-    set_rng_state(torch.load(folder / f"rng_rank{rank}.pt", weights_only=False))
+    try:
+        state = read_state(checkpoint)
+        if is_deepspeed(accelerator):
+            model.load_checkpoint(str(folder / "deepspeed"), tag=DS_TAG, load_optimizer_states=True,
+                                  load_lr_scheduler_states=False)
+        else:
+            optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+        loader.load_state_dict(json.loads((folder / f"data_rank{rank}.json").read_text(encoding="utf-8")))
+        set_rng_state(json.loads((folder / f"rng_rank{rank}.json").read_text(encoding="utf-8")))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{checkpoint}: cannot restore the trainer state ({str(err)[:300]}); it was written "
+                              "by an older version or is damaged: resume from another checkpoint or start fresh "
+                              "(train.resume=none)") from err
     return state

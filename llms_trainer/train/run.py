@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from llms_trainer.config import ConfigError, RunConfig, dump_config, load_config, require_model_source
-from llms_trainer.data.mixing import PolicyError
-from llms_trainer.data.shards import ShardError
 from llms_trainer.model.load import (
-    ModelLoadError,
     build_model,
     count_parameters,
     load_tokenizer,
     prepare_for_training,
     zero3_init_as_configured,
 )
-from llms_trainer.train import engine
-from llms_trainer.train.checkpoint import CheckpointError, resolve_resume
+from llms_trainer.train import engine, workdir
+from llms_trainer.train.checkpoint import check_resumable, resolve_resume
+from llms_trainer.train.errors import agreed
 from llms_trainer.train.stages import Stage
-
-# Bad input a user can fix: reported as one `error: ...` line, exit code 2.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelLoadError, ShardError, PolicyError, CheckpointError)
 
 
 def stage_for(cfg: RunConfig, where: str) -> Stage:
@@ -40,29 +36,66 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
         logger=None) -> engine.TrainResult:
     """Validate, build data → tokenizer → model, train. Every process calls this.
 
-    `logger` (with `log(step, metrics)` and `plot()`) defaults to llms_trainer.metrics.MetricsLogger.
+    Nothing in work_dir changes until every process has validated its part (config, work_dir, data, evals,
+    model); a user error anywhere stops every process together (llms_trainer.train.errors). `logger` (with
+    `start_at(step)`, `log(step, metrics)` and `plot()`) defaults to llms_trainer.metrics.MetricsLogger.
     """
     from accelerate.utils import set_seed
 
-    from llms_trainer.evaluation import EvalDataError
-
+    silence_expected_noise()
     where = str(config_path)
     cfg = load_config(config_path, overrides)
     require_model_source(cfg, model_config, where)
     stage = stage_for(cfg, where)
     accelerator = engine.build_accelerator(cfg)
     set_seed(cfg.train.seed)
-    resume_from = resolve_resume(cfg.train.resume, cfg.work_dir)
+    lock = None
+    try:
+        with agreed(accelerator):
+            resume_from = resolve_resume(cfg.train.resume, cfg.work_dir)
+            if resume_from is not None:
+                check_resumable(resume_from, accelerator)
+            if accelerator.is_main_process:
+                lock = workdir.lock_work_dir(cfg.work_dir)
+                lineage, to_clear = workdir.plan_lineage(cfg.work_dir, resume_from, cfg.train.overwrite_work_dir)
+        with agreed(accelerator):
+            tokenizer, loader, evals, model = _build(cfg, stage, accelerator, resume_from, model_config, where)
+        if accelerator.is_main_process:  # validated everywhere: now the run may change work_dir
+            workdir.clear(to_clear, cfg.work_dir)
+            dump_config(cfg, Path(cfg.work_dir) / "config.yaml",
+                        extra={"config_file": where, "overrides": list(overrides or []),
+                               "model_config": model_config, "num_processes": accelerator.num_processes})
+        lineage = _broadcast_text(accelerator, lineage if accelerator.is_main_process else "")
+        trainable, total = count_parameters(model)
+        accelerator.print(f"model: {total:,} parameters, {trainable:,} trained; stage {stage.name}; "
+                          f"{accelerator.num_processes} process(es); work_dir {cfg.work_dir}")
+        if logger is None:
+            from llms_trainer.metrics import MetricsLogger
+
+            logger = MetricsLogger(cfg.work_dir, cfg.train.img_log_dir, cfg.train.img_log_name, accelerator)
+        if cfg.train.log_with:
+            accelerator.init_trackers(Path(cfg.work_dir).name, config=_flat(cfg.model_dump(mode="json")))
+        try:
+            return engine.train(cfg, stage, model, tokenizer, accelerator, loader, evals, logger, resume_from,
+                                lineage)
+        finally:
+            accelerator.end_training()
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _build(cfg: RunConfig, stage: Stage, accelerator, resume_from: Path | None, model_config: str | None,
+           where: str) -> tuple:
+    """(tokenizer, loader, evals, model) of a run; raises user errors (ConfigError, ShardError, ...)."""
+    from llms_trainer.evaluation import EvalDataError
+
     tokenizer = load_tokenizer(str(resume_from) if resume_from else (cfg.data.tokenizer_path or cfg.train.ckpt))
     loader = stage.build_train_data(cfg, tokenizer, accelerator)
     try:
         evals = stage.build_evals(cfg, tokenizer, accelerator)
     except EvalDataError as err:
         raise ConfigError(f"{where}: key eval: {err}") from err
-    if accelerator.is_main_process:
-        dump_config(cfg, Path(cfg.work_dir) / "config.yaml",
-                    extra={"config_file": where, "overrides": list(overrides or []), "model_config": model_config,
-                           "num_processes": accelerator.num_processes})
     use_adapter = resume_from is not None and cfg.train.use_lora
     with zero3_init_as_configured(accelerator):
         model = build_model(cfg.train, tokenizer, model_config,
@@ -72,19 +105,32 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
                        ("data.split_by_shard", cfg.data.split_by_shard)):
         if value:
             accelerator.print(f"note: {key} is accepted for compatibility and has no effect in this trainer")
-    trainable, total = count_parameters(model)
-    accelerator.print(f"model: {total:,} parameters, {trainable:,} trained; stage {stage.name}; "
-                      f"{accelerator.num_processes} process(es); work_dir {cfg.work_dir}")
-    if logger is None:
-        from llms_trainer.metrics import MetricsLogger
+    return tokenizer, loader, evals, model
 
-        logger = MetricsLogger(cfg.work_dir, cfg.train.img_log_dir, cfg.train.img_log_name, accelerator)
-    if cfg.train.log_with:
-        accelerator.init_trackers(Path(cfg.work_dir).name, config=_flat(cfg.model_dump(mode="json")))
-    try:
-        return engine.train(cfg, stage, model, tokenizer, accelerator, loader, evals, logger, resume_from)
-    finally:
-        accelerator.end_training()
+
+def silence_expected_noise() -> None:
+    """Drop messages every CPU run prints that say nothing actionable; real warnings stay."""
+    import warnings
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns "Setting accelerator to CPU"
+    for message in (r"`torch.distributed.all_gather_into_tensor` is deprecated",  # inside DeepSpeed ZeRO
+                    r"`torch.distributed.reduce_scatter_tensor` is deprecated",
+                    r"`is_gradient_checkpointing` is deprecated"):  # inside transformers/peft
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
+def _broadcast_text(accelerator, text: str) -> str:
+    """The main process's `text` on every process."""
+    if accelerator.num_processes == 1:
+        return text
+    from accelerate.utils import broadcast_object_list
+
+    box = [text]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
