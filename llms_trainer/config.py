@@ -10,6 +10,7 @@ every process).
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -23,12 +24,17 @@ EVAL_DATASET_KEY = {"single_choice_eval": "single_choice_dataset", "generation_e
                     "nll_eval": "nll_dataset"}
 
 
+# accelerate tracker name → module that must import for it to work
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "aim": "aim", "comet_ml": "comet_ml",
+            "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file and the key."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
 
 Datasets = str | list[str] | dict[str, str] | None
@@ -65,7 +71,13 @@ class TrainConfig(Section):
     num_warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
     initializer_range: float | None = Field(None, gt=0, description="std of the init (from-scratch only)")
     lr: float = Field(3e-4, gt=0, description="peak learning rate")
-    min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine decay")
+    min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the decay (cosine_with_min_lr, "
+                          "warmup_stable_decay)")
+    lr_scheduler_type: Literal["cosine_with_min_lr", "linear", "constant_with_warmup", "warmup_stable_decay"] = Field(
+        "cosine_with_min_lr", description="transformers.get_scheduler name: linear warmup, then cosine to min_lr | "
+        "linear to 0 | constant | constant then a final decay to min_lr over num_decay_steps")
+    num_decay_steps: int | None = Field(None, ge=1, description="warmup_stable_decay: optimizer steps of the final "
+                                        "decay; default: 10% of num_training_steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay; never applied to norms and biases")
     resize_model_vocab_size: bool = Field(False, description="resize the model's embeddings to the "
                                           "tokenizer's length when they differ (else a differing size is an error)")
@@ -94,13 +106,17 @@ class TrainConfig(Section):
     seed: int = Field(42, description="seed of model init, data order and dropout")
     resume: str = Field("auto", description="auto: newest complete checkpoint in work_dir | a checkpoint dir "
                         "| none")
+    overwrite_work_dir: bool = Field(False, description="clear the checkpoints already in work_dir before a fresh "
+                                     "run (resume: none) or before resuming from an explicit checkpoint dir; "
+                                     "without it such a run stops with an error")
     max_grad_norm: float | None = Field(1.0, ge=0, description="clip the global grad norm; null or 0: off")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="autocast; auto: the accelerate config's value, else bf16 on a GPU that has it, "
         "else no")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the weights")
     trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
-    log_with: list[str] = Field(default_factory=list, description="accelerate trackers, e.g. [tensorboard]")
+    log_with: list[str] = Field(default_factory=list, description="accelerate trackers, any of "
+                                f"{', '.join(TRACKERS)} (each needs its package installed)")
     peak_flops_per_device: float | None = Field(None, gt=0, description="peak FLOP/s of one device for MFU; "
                                                 "default: known GPUs only")
 
@@ -221,6 +237,15 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         fail("train.use_lora", "cannot be combined with train_token_embeddings_only; pick one")
     if t.use_lora and not t.target_modules:
         fail("train.target_modules", "empty; LoRA needs at least one module name, e.g. [q_proj, v_proj]")
+    if t.overwrite_work_dir and t.resume == "auto":
+        fail("train.overwrite_work_dir", "true with train.resume=auto would clear the checkpoint it resumes; "
+             "set train.resume=none (fresh run) or a checkpoint dir")
+    for i, tracker in enumerate(t.log_with):
+        if tracker not in TRACKERS:
+            fail(f"train.log_with.{i}", f"'{tracker}' is not a tracker; use one of {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(TRACKERS[tracker]) is None:
+            fail(f"train.log_with.{i}", f"'{tracker}' needs the {TRACKERS[tracker]} package: pip install "
+                 f"{TRACKERS[tracker]}, or remove it")
     if t.resume not in ("auto", "none") and not os.path.isdir(t.resume):
         fail("train.resume", f"'{t.resume}' is not a directory (use auto, none or a checkpoint dir)")
     for i, method in enumerate(e.methods()):

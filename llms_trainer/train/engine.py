@@ -4,8 +4,11 @@ One optimizer step = `gradient_accumulation_steps` micro-batches on every proces
 mean over all its target tokens on all processes: each micro-batch's summed loss is scaled by
 `world × accumulation / tokens_in_step`, so gradient accumulation and data parallelism give the same update
 as one big batch. Gradients are clipped before the step (DeepSpeed: by its own `gradient_clipping`). The
-learning rate warms up linearly, then follows a cosine to `min_lr`; all intervals count optimizer steps.
-A non-finite loss on any process stops every process before the step (the last checkpoint stays intact).
+learning-rate schedule is transformers' `get_scheduler(train.lr_scheduler_type)` (default warmup then
+cosine to `min_lr`); it is a function of the step, so a resume continues it exactly and applies a changed
+`train.lr` or schedule from the resumed step. `train/lr` logs the optimizer's own lr of each step; all
+intervals count optimizer steps. A non-finite loss (any process) or gradient norm stops every process
+before the update; weights with NaN/inf are never saved, so the last checkpoint stays good.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,16 +26,13 @@ from tqdm.auto import tqdm
 
 from llms_trainer.config import ConfigError, RunConfig
 from llms_trainer.train import checkpoint as ckpt
+from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, agreed, stop_if_any
 from llms_trainer.train.stages import Stage
 
 BETAS = (0.9, 0.95)
 # Dense bf16 peak FLOP/s by GPU name fragment, for MFU when train.peak_flops_per_device is not given.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                    "L4": 121e12, "RTX 4090": 165e12}
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; training stopped on every process."""
 
 
 @dataclass
@@ -79,19 +80,25 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=fusable or None)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR of optimizer step `step + 1` as a fraction of the peak: linear warmup, then cosine to min_ratio."""
-    k = step + 1
-    if k <= warmup_steps:
-        return k / warmup_steps
-    progress = min(1.0, (k - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def make_scheduler(optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
-    min_ratio = train.min_lr / train.lr
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, train.num_warmup_steps, train.num_training_steps, min_ratio))
+    """transformers' scheduler named by train.lr_scheduler_type (a LambdaLR: lr = train.lr · f(step))."""
+    from transformers import get_scheduler
+
+    kinds = {"cosine_with_min_lr": {"min_lr": train.min_lr},
+             "warmup_stable_decay": {"num_decay_steps": train.num_decay_steps or max(1, train.num_training_steps // 10),
+                                     "min_lr_ratio": train.min_lr / train.lr}}
+    return get_scheduler(train.lr_scheduler_type, optimizer, num_warmup_steps=train.num_warmup_steps,
+                         num_training_steps=train.num_training_steps,
+                         scheduler_specific_kwargs=kinds.get(train.lr_scheduler_type))
+
+
+def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put the schedule (and its optimizer's lr) at `step` optimizer steps done, from this run's config."""
+    scheduler.last_epoch = step
+    lrs = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr, base in zip(scheduler.optimizer.param_groups, lrs, scheduler.base_lrs, strict=True):
+        group["lr"], group["initial_lr"] = lr, base
+    scheduler._last_lr = lrs
 
 
 def configure_deepspeed(accelerator, train) -> None:
@@ -166,55 +173,91 @@ def _reduce(accelerator, values: list[float]) -> list[float]:
     return accelerator.reduce(tensor, reduction="sum").tolist()
 
 
-def optimizer_step(stage: Stage, model, micro: list[dict], items: float, accelerator, optimizer, scheduler,
+def _to_device(batch: dict, device) -> dict:
+    """Tensors to the device; other fields (texts, ids for the stage) pass through."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _fetch_step(batches: Iterator, n: int, stage: Stage, accelerator) -> tuple[list[dict], float, float, bool]:
+    """(micro-batches, target items, tokens, short) of the next step, agreed over processes.
+
+    A data error on any process (a corrupt shard met mid-run) stops every process here, together.
+    """
+    error, micro = None, []
+    try:
+        micro = _take(batches, n)
+    except USER_ERRORS as err:
+        error = err
+    items, tokens, short, failed = _reduce(accelerator, [
+        sum(stage.count_items(b) for b in micro), sum(stage.count_tokens(b) for b in micro),
+        float(len(micro) < n), float(error is not None)])
+    stop_if_any(accelerator, error if failed else None)
+    return micro, items, tokens, bool(short)
+
+
+def optimizer_step(stage: Stage, model, micro: list[dict], items: float, accelerator, optimizer,
                    trainable: list, max_grad_norm: float | None, step: int, last_checkpoint) -> tuple[float, object]:
     """One optimizer step over this process's micro-batches; returns (mean loss over all processes, grad norm).
 
-    `items` is the number of loss items (target tokens) in the whole step on all processes.
+    `items` is the number of loss items (target tokens) in the whole step on all processes. The loss is
+    summed on the device and checked once per step (one all-reduce, one host sync), before the last
+    backward: DeepSpeed steps inside that backward, so a non-finite loss never reaches the weights.
     """
     scale = accelerator.num_processes * len(micro) / items  # undoes accelerate's / accumulation and DDP's mean
-    step_loss, grad_norm = 0.0, None
-    for batch in micro:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    local_sum, grad_norm, step_loss = None, None, 0.0
+    for i, batch in enumerate(micro):
+        batch = _to_device(batch, accelerator.device)
         with accelerator.accumulate(model):
             loss = stage.loss_sum(model, batch)
-            global_sum = _reduce(accelerator, [loss.item()])[0]
-            if not math.isfinite(global_sum):  # checked before backward: DeepSpeed steps inside backward
-                raise NonFiniteLossError(
-                    f"loss is {global_sum} at step {step + 1} (on at least one process); stopped every "
-                    f"process before the update. Last good checkpoint: {last_checkpoint or 'none'}. "
-                    "Lower train.lr, check the data, or resume from that checkpoint.")
-            step_loss += global_sum / items
+            local_sum = loss.detach().double() if local_sum is None else local_sum + loss.detach().double()
+            if i == len(micro) - 1:
+                global_sum = float(accelerator.reduce(local_sum, reduction="sum")) if accelerator.num_processes > 1 \
+                    else float(local_sum)
+                step_loss = global_sum / items
+                if not math.isfinite(global_sum):
+                    raise NonFiniteError(
+                        f"loss is {global_sum} at step {step + 1} (on at least one process); stopped every "
+                        f"process before the update. Last good checkpoint: {last_checkpoint or 'none'}. "
+                        "Lower train.lr, check the data, or resume from that checkpoint.")
             accelerator.backward(loss * scale)
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm or float("inf"))
+    if grad_norm is None and ckpt.is_deepspeed(accelerator):
+        grad_norm = model.get_global_grad_norm()  # DeepSpeed has already stepped: its weights are checked on save
+    if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        raise NonFiniteError(
+            f"gradient norm is {float(grad_norm)} at step {step + 1}; stopped every process before saving "
+            f"such weights. Last good checkpoint: {last_checkpoint or 'none'}. Lower train.lr or check the data.")
     optimizer.step()  # the last micro-batch ended at a sync boundary, so this steps (a no-op under DeepSpeed)
-    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss, grad_norm
 
 
 def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, evals, logger,
-          resume_from: Path | None = None) -> TrainResult:
-    """Train `model` until num_training_steps (or the data ends); every process calls this."""
+          resume_from: Path | None = None, lineage: str | None = None) -> TrainResult:
+    """Train `model` until num_training_steps (or the data ends); every process calls this.
+
+    `lineage` is the run's lineage id, stored in every checkpoint (see llms_trainer.train.workdir).
+    """
     t = cfg.train
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
-    scheduler = make_scheduler(optimizer, t)
+    scheduler = make_scheduler(optimizer, t)  # stepped here from the step count: never prepared or saved
     configure_deepspeed(accelerator, t)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, prepared_optimizer = accelerator.prepare(model, optimizer)
     step = tokens_seen = 0
     if resume_from is not None:
-        saved = ckpt.restore_training_state(accelerator, resume_from, model, optimizer, scheduler, loader)
+        with agreed(accelerator):
+            saved = ckpt.restore_training_state(accelerator, resume_from, model, prepared_optimizer, loader)
         step, tokens_seen = saved["step"], saved["tokens_seen"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
+    set_schedule_step(scheduler, step)
     logger.start_at(step)
     result = TrainResult(step=step, last_checkpoint=resume_from)
     last_saved, last_eval = (step if resume_from is not None else -1), -1
     trainable = [p for p in model.parameters() if p.requires_grad]
     flops_param, flops_attn = flops_per_token(accelerator.unwrap_model(model))
     peak = peak_flops(t, accelerator.mixed_precision)
-    min_ratio = t.min_lr / t.lr
-    clock, last_plot, interval_losses, grad_norm = _StepClock(), time.time(), [], None
+    clock, last_plot, interval_losses, grad_norm, lr_used = _StepClock(), time.time(), [], None, t.lr
     bar = tqdm(total=t.num_training_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc="train", dynamic_ncols=True)
 
@@ -224,8 +267,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
 
     def log_interval() -> None:
         tokens_per_s = clock.rate()
-        metrics = {"train/loss": sum(interval_losses) / len(interval_losses),
-                   "train/lr": t.lr * lr_factor(step - 1, t.num_warmup_steps, t.num_training_steps, min_ratio),
+        metrics = {"train/loss": sum(interval_losses) / len(interval_losses), "train/lr": lr_used,
                    "train/tokens_per_s": tokens_per_s, "train/tokens_seen": tokens_seen}
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
@@ -252,51 +294,57 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
 
     def save() -> None:
         started = time.perf_counter()
-        state = {"step": step, "tokens_seen": tokens_seen, "config": cfg.model_dump(mode="json")}
-        result.last_checkpoint = ckpt.save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, loader,
-                                                      state, cfg.work_dir, t.save_total_limit)
+        state = {"step": step, "tokens_seen": tokens_seen, "lineage": lineage, "config": cfg.model_dump(mode="json")}
+        try:
+            path = ckpt.save_checkpoint(accelerator, model, tokenizer, prepared_optimizer, loader, state,
+                                        cfg.work_dir, t.save_total_limit)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"{err}. Last good checkpoint: {result.last_checkpoint or 'none'}. Lower "
+                                 "train.lr or check the data, and resume from that checkpoint.") from None
+        result.last_checkpoint = path
         say(f"step {step}: saved {result.last_checkpoint}")
         clock.pause(time.perf_counter() - started)
 
-    batches = iter(loader)
-    model.train()
-    while step < t.num_training_steps:
-        micro = _take(batches, t.gradient_accumulation_steps)
-        items, tokens, short = _reduce(accelerator, [sum(stage.count_items(b) for b in micro),
-                                                     sum(stage.count_tokens(b) for b in micro),
-                                                     float(len(micro) < t.gradient_accumulation_steps)])
-        if short or items == 0:  # every process stops together
-            result.stop_reason = ("training data exhausted (train.num_training_epochs)" if short
-                                  else "a step without any target token (check data.seq_length)")
-            break
-        loss, grad_norm = optimizer_step(stage, model, micro, items, accelerator, optimizer, scheduler, trainable,
-                                         t.max_grad_norm, step, result.last_checkpoint)
-        step += 1
-        tokens_seen += int(tokens)
-        clock.tokens += int(tokens)
-        result.losses[step] = loss
-        interval_losses.append(loss)
-        bar.update(1)
-        if step % cfg.log_interval == 0:
+    try:
+        batches = iter(loader)
+        model.train()
+        while step < t.num_training_steps:
+            micro, items, tokens, short = _fetch_step(batches, t.gradient_accumulation_steps, stage, accelerator)
+            if short or items == 0:  # every process stops together
+                result.stop_reason = ("training data exhausted (train.num_training_epochs)" if short
+                                      else "a step without any target token (check data.seq_length)")
+                break
+            lr_used = optimizer.param_groups[0]["lr"]
+            loss, grad_norm = optimizer_step(stage, model, micro, items, accelerator, prepared_optimizer, trainable,
+                                             t.max_grad_norm, step, result.last_checkpoint)
+            step += 1
+            set_schedule_step(scheduler, step)
+            tokens_seen += int(tokens)
+            clock.tokens += int(tokens)
+            result.losses[step] = loss
+            interval_losses.append(loss)
+            bar.update(1)
+            if step % cfg.log_interval == 0:
+                log_interval()
+                if time.time() - last_plot > 60:
+                    logger.plot()
+                    last_plot = time.time()
+            if t.train_and_eval and step % cfg.eval_interval == 0:
+                run_evals()
+                last_eval = step
+            if step % cfg.save_interval == 0 and step < t.num_training_steps:
+                save()
+                last_saved = step
+        result.step = step
+        if interval_losses:
             log_interval()
-            if time.time() - last_plot > 60:
-                logger.plot()
-                last_plot = time.time()
-        if t.train_and_eval and step % cfg.eval_interval == 0:
+        if t.train_and_eval and evals and last_eval != step:
             run_evals()
-            last_eval = step
-        if step % cfg.save_interval == 0 and step < t.num_training_steps:
+        if last_saved != step:
             save()
-            last_saved = step
-    result.step = step
-    if interval_losses:
-        log_interval()
-    if t.train_and_eval and evals and last_eval != step:
-        run_evals()
-    if last_saved != step:
-        save()
-    logger.plot()
-    bar.close()
+        logger.plot()
+    finally:
+        bar.close()  # before any error line, which must stay the last line
     accelerator.print(f"done: {step} optimizer steps, {tokens_seen} tokens; {result.stop_reason}; "
                       f"checkpoint {result.last_checkpoint}")
     return result

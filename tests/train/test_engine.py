@@ -10,7 +10,7 @@ import torch
 
 import llms_trainer.train.stages.pretrain as pretrain
 from llms_trainer.train import checkpoint as ckpt
-from llms_trainer.train.engine import NonFiniteLossError, lr_factor
+from llms_trainer.train.errors import NonFiniteError as NonFiniteLossError
 from llms_trainer.train.run import run
 from tests.train.conftest import RecordingLogger
 
@@ -88,11 +88,11 @@ def test_crash_during_save_keeps_previous_checkpoint(write_config, model_config_
     config = write_config(train={"num_training_steps": 6}, save_interval=2)
     original = ckpt._save_trainer_state
 
-    def crash_at_step_4(accelerator, model, optimizer, scheduler, loader, state, out):
+    def crash_at_step_4(accelerator, model, optimizer, loader, state, out, failures):
         if state["step"] == 4:
             (out / "optimizer.pt").write_bytes(b"half-written")
             raise Interrupt("power cut")
-        return original(accelerator, model, optimizer, scheduler, loader, state, out)
+        return original(accelerator, model, optimizer, loader, state, out, failures)
 
     monkeypatch.setattr(ckpt, "_save_trainer_state", crash_at_step_4)
     with pytest.raises(Interrupt):
@@ -159,10 +159,3 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(write_config, model_config_fil
     work = tmp_path / "run"
     assert [s for s, _ in ckpt.complete_checkpoints(work)] == [2]
     assert not list(work.glob("checkpoint-3*"))
-
-
-def test_lr_schedule_warmup_then_cosine_to_min():
-    factors = [lr_factor(s, warmup_steps=4, total_steps=20, min_ratio=0.1) for s in range(20)]
-    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False))
-    assert factors[-1] == pytest.approx(0.1)

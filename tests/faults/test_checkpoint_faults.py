@@ -1,0 +1,242 @@
+"""Checkpoint and work_dir faults: another run's checkpoints, two runs at once, NaN weights, a changed lr on
+resume, a kill during rotation, crafted pickles, a full disk. Each asserts the message and that nothing
+was lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import llms_trainer.train.stages.pretrain as pretrain
+from llms_trainer.train import checkpoint as ckpt
+from llms_trainer.train import engine
+from llms_trainer.train.errors import CheckpointError, NonFiniteError, WorkDirError
+from llms_trainer.train.run import run
+from llms_trainer.train.workdir import lock_work_dir
+from tests.train.conftest import RecordingLogger
+
+
+def train(config, model_config, *overrides, logger=None):
+    return run(config, list(overrides), str(model_config), logger=logger or RecordingLogger())
+
+
+def snapshot(folder) -> dict:
+    """{relative path: (size, mtime)} of every file under folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def steps(work) -> list[int]:
+    return [s for s, _ in ckpt.complete_checkpoints(work)]
+
+
+def test_fresh_run_into_used_work_dir_stops_before_any_work(write_config, model_config_file, tmp_path):
+    old = write_config("run", train={"num_training_steps": 4, "save_total_limit": 2}, save_interval=1)
+    train(old, model_config_file)
+    work = tmp_path / "run"
+    assert steps(work) == [3, 4]
+    before = snapshot(work)
+    with pytest.raises(WorkDirError, match=r"holds checkpoints of another run \(checkpoint-3, checkpoint-4\).*"
+                                           r"train.resume=auto.*overwrite_work_dir=true"):
+        train(old, model_config_file, "train.resume=none", "train.num_training_steps=2")
+    assert snapshot(work) == before  # config.yaml, metrics and checkpoints untouched
+
+    # told to overwrite: the old run's checkpoints go, and the new run keeps its own (the bug: rotation
+    # deleted the checkpoint-2 it had just written and `resume: auto` then picked the old checkpoint-4)
+    result = train(old, model_config_file, "train.resume=none", "train.num_training_steps=2",
+                   "train.overwrite_work_dir=true")
+    assert steps(work) == [1, 2] and result.last_checkpoint == work / "checkpoint-2"
+    assert ckpt.resolve_resume("auto", work) == work / "checkpoint-2"
+
+
+def test_rotation_only_touches_its_own_lineage_and_never_the_newest(tmp_path):
+    def fake(step, lineage):
+        path = tmp_path / f"checkpoint-{step}"
+        (path / ckpt.STATE_DIR).mkdir(parents=True)
+        (path / ckpt.STATE_DIR / "state.json").write_text(json.dumps({"step": step, "lineage": lineage}))
+        (path / ckpt.MARKER).write_text(json.dumps({"step": step}))
+        return path
+
+    fake(1, "other"), fake(2, "mine"), fake(3, "mine"), fake(9, "other")
+    newest = fake(4, "mine")
+    deleted = ckpt.rotate_checkpoints(tmp_path, 1, "mine", keep=newest)
+    assert sorted(p.name for p in deleted) == ["checkpoint-2", "checkpoint-3"]
+    assert steps(tmp_path) == [1, 4, 9]
+    # the checkpoint just written survives even when it is not the highest step of its lineage
+    low = fake(0, "mine")
+    ckpt.rotate_checkpoints(tmp_path, 1, "mine", keep=low)
+    assert 0 in steps(tmp_path)
+
+
+def test_resume_refuses_newer_checkpoints_of_an_abandoned_future(write_config, model_config_file, tmp_path):
+    config = write_config("run", train={"num_training_steps": 4}, save_interval=2)
+    train(config, model_config_file)
+    work = tmp_path / "run"
+    with pytest.raises(WorkDirError, match=r"not earlier steps of the run resumed from .*checkpoint-2 "
+                                           r"\(checkpoint-4\)"):
+        train(config, model_config_file, f"train.resume={work / 'checkpoint-2'}")
+    assert steps(work) == [2, 4]
+
+
+def test_second_run_on_a_locked_work_dir_is_refused_and_stale_locks_are_ignored(
+        write_config, model_config_file, tmp_path):
+    config = write_config("run", train={"num_training_steps": 2})
+    holder = lock_work_dir(tmp_path / "run")
+    try:
+        with pytest.raises(WorkDirError, match=rf"in use by another run \(pid {os.getpid()} on .*\)"):
+            train(config, model_config_file)
+    finally:
+        holder.close()
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    # a run killed with -9 while holding the lock leaves the file, not the lock
+    code = (f"import os, sys; sys.path.insert(0, {os.getcwd()!r}); from llms_trainer.train.workdir import "
+            f"lock_work_dir; h = lock_work_dir({str(tmp_path / 'run')!r}); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=120)
+    assert "pid" in (tmp_path / "run" / ".lock").read_text()
+    assert sorted(train(config, model_config_file).losses) == [1, 2]
+
+
+def assert_all_saved_weights_finite(work) -> None:
+    for _, path in ckpt.complete_checkpoints(work):
+        weights = load_file(path / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), path
+
+
+def test_nan_gradient_with_a_finite_loss_stops_before_the_update(write_config, model_config_file, tmp_path,
+                                                                 monkeypatch):
+    config = write_config("run", train={"num_training_steps": 6}, save_interval=1)
+    calls = {"n": 0}
+    real = pretrain.loss_sum
+
+    def nan_gradient_at_third_step(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        if calls["n"] == 3:  # sqrt'(0) = inf, times 0: the loss stays finite, its gradient is NaN
+            weight = next(model.parameters())
+            loss = loss + 0.0 * torch.sqrt(weight.sum() * 0.0)
+        return loss
+
+    monkeypatch.setattr(pretrain, "PRETRAIN", pretrain.PRETRAIN.__class__(
+        **{**pretrain.PRETRAIN.__dict__, "loss_sum": nan_gradient_at_third_step}))
+    with pytest.raises(NonFiniteError, match=r"gradient norm is nan at step 3.*Last good checkpoint: .*checkpoint-2"):
+        train(config, model_config_file)
+    work = tmp_path / "run"
+    assert steps(work) == [1, 2]
+    assert_all_saved_weights_finite(work)
+
+
+def test_non_finite_weights_are_never_saved_or_named_good(write_config, model_config_file, tmp_path, monkeypatch):
+    config = write_config("run", train={"num_training_steps": 6}, save_interval=1)
+    real_step = engine.optimizer_step
+
+    def update_that_breaks_the_weights(*args, **kwargs):  # as a DeepSpeed step with inf grads would
+        out = real_step(*args, **kwargs)
+        if args[8] == 2:  # the third optimizer step
+            with torch.no_grad():
+                next(args[1].parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(engine, "optimizer_step", update_that_breaks_the_weights)
+    with pytest.raises(NonFiniteError, match=r"weights hold NaN/inf at step 3; not saving them\. Last good "
+                                             r"checkpoint: .*checkpoint-2\b"):
+        train(config, model_config_file)
+    work = tmp_path / "run"
+    assert steps(work) == [1, 2] and not list(work.glob("checkpoint-3*"))
+    assert_all_saved_weights_finite(work)
+
+
+def test_resume_applies_the_new_learning_rate_and_logs_the_real_one(write_config, model_config_file, tmp_path):
+    config = write_config("run", train={"num_training_steps": 4, "num_warmup_steps": 0, "lr": 5e-3,
+                                        "min_lr": 5e-3}, save_interval=2)
+    first = RecordingLogger()
+    train(config, model_config_file, logger=first)
+    assert [m["train/lr"] for _, m in first.rows if "train/lr" in m] == pytest.approx([5e-3] * 4)
+    later = RecordingLogger()
+    train(config, model_config_file, f"train.resume={tmp_path / 'run' / 'checkpoint-2'}", "train.lr=1e-3",
+          "train.min_lr=1e-3", f"work_dir={tmp_path / 'again'}", logger=later)
+    assert [(s, m["train/lr"]) for s, m in later.rows if "train/lr" in m] == [(3, pytest.approx(1e-3)),
+                                                                             (4, pytest.approx(1e-3))]
+
+
+def test_kill_during_rotation_never_leaves_a_complete_looking_half(write_config, model_config_file, tmp_path,
+                                                                   monkeypatch):
+    config = write_config("run", train={"num_training_steps": 4, "save_total_limit": 1}, save_interval=1)
+    real_rmtree = ckpt.shutil.rmtree
+
+    def die_midway(path, *args, **kwargs):
+        if str(path).endswith(".deleting"):
+            (path / "model.safetensors").unlink()  # some files gone, then the kill
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", die_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, model_config_file)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    work = tmp_path / "run"
+    assert steps(work) == [2] and (work / "checkpoint-1.deleting").is_dir()
+    assert (work / "checkpoint-2" / "model.safetensors").is_file()
+    resumed = train(config, model_config_file)  # resumes from 2, clears the leftover
+    assert sorted(resumed.losses) == [3, 4] and not (work / "checkpoint-1.deleting").exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_trainer_state_is_refused_without_running_its_code(write_config, model_config_file, tmp_path):
+    config = write_config("run", train={"num_training_steps": 2})
+    train(config, model_config_file)
+    marker = tmp_path / "pwned"
+    state = tmp_path / "run" / "checkpoint-2" / ckpt.STATE_DIR
+    torch.save({"state": {}, "param_groups": [], "x": _Payload(marker)}, state / "optimizer.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint-2: cannot restore the trainer state"):
+        train(config, model_config_file, "train.num_training_steps=3")
+    assert not marker.exists()
+    # RNG state is JSON: nothing in a trainer state is unpickled beyond weights_only's tensors
+    assert sorted(p.name for p in state.iterdir()) == ["data_rank0.json", "optimizer.pt", "rng_rank0.json",
+                                                       "state.json"]
+
+
+def test_crafted_deepspeed_file_is_refused_before_deepspeed_opens_it(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "deepspeed" / "engine"
+    folder.mkdir(parents=True)
+    torch.save({"module": {"w": torch.zeros(2)}, "ds_version": "0.19"}, folder / "mp_rank_00_model_states.pt")
+    ckpt.check_deepspeed_files(tmp_path / "deepspeed")  # tensors and plain values pass
+    with open(folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "wb") as fh:
+        pickle.dump(_Payload(marker), fh)
+    with pytest.raises(CheckpointError, match="zero_pp_rank_0_mp_rank_00_optim_states.pt: refused"):
+        ckpt.check_deepspeed_files(tmp_path / "deepspeed")
+    assert not marker.exists()
+
+
+def test_failed_save_is_one_clear_error_and_keeps_the_previous_checkpoint(write_config, model_config_file,
+                                                                          tmp_path, monkeypatch):
+    config = write_config("run", train={"num_training_steps": 4}, save_interval=2)
+    real_save = torch.save
+
+    def disk_full(obj, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"could not write .*checkpoint-4 \(No space left on device\); "
+                                              r"earlier checkpoints are kept"):
+        train(config, model_config_file)
+    work = tmp_path / "run"
+    assert steps(work) == [2] and not list(work.glob("checkpoint-4*"))
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert sorted(train(config, model_config_file).losses) == [3, 4]
