@@ -117,8 +117,13 @@ def left_padded(rows: Sequence[Sequence[int]], fill: int, device: Any) -> dict[s
     for i, row in enumerate(rows):
         ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
         mask[i, width - len(row):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "position_ids": position_ids_from_mask(mask).to(device)}
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions over real tokens (cumsum - 1, clamped at 0): a left-padded row keeps its unpadded ones."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def is_zero3(accelerator: Any) -> bool:
