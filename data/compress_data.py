@@ -3,7 +3,9 @@
 With no arguments it compresses the bundled samples:
   data/shuffled_data/pretrain/*.jsonl -> data/pretrain_data/<source>/   (mode pretrain)
   data/shuffled_data/sft/*.jsonl      -> data/sft_data/<source>/        (mode sft)
-Works from the repository root and from data/.
+Works from the repository root and from data/. Source names (file stems, or --name) are plain names:
+letters, digits, _ - . (not starting with a dot). An input that yields no records (an empty file) is an
+error. Any error leaves earlier output untouched.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ sys.path.insert(0, str(ROOT))
 
 from llms_trainer.data.compress import (  # noqa: E402
     BAD_LINE_POLICIES,
-    BadLineError,
     compress_sources,
     expand_inputs,
     summary_lines,
 )
 from llms_trainer.data.records import MODES  # noqa: E402
-from llms_trainer.data.shards import ShardError  # noqa: E402
+from llms_trainer.data.shards import ShardError, SourceNameError, check_source_name  # noqa: E402
 
 BUNDLED = [
     (ROOT / "data/shuffled_data/pretrain/*.jsonl", ROOT / "data/pretrain_data", "pretrain"),
@@ -35,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", metavar="FILE|GLOB", help="jsonl files (default: bundled samples)")
     parser.add_argument("--output", help="output directory; each source goes to OUTPUT/<source>/")
-    parser.add_argument("--name", help="put all inputs into one source of this name (default: one per file stem)")
+    parser.add_argument("--name", help="put all inputs into one source of this name: letters, digits, _ - . "
+                        "(default: one source per file stem)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--shard-records", type=int, help="records per shard")
     size.add_argument("--shard-mb", type=float, help="raw (uncompressed) MB per shard (default 32)")
@@ -58,12 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [([str(p)], out, mode) for p, out, mode in BUNDLED] if not args.input else [
         (args.input, Path(args.output), args.mode)]
     try:
+        if args.name is not None:  # checked before anything is read or written
+            check_source_name(args.name)
         for patterns, output, mode in jobs:
             sources = expand_inputs(patterns, args.name)
             manifests = compress_sources(sources, output, mode=mode, on_bad_line=args.on_bad_line,
                                          shard_records=args.shard_records, shard_mb=args.shard_mb)
             print("\n".join(summary_lines(manifests, output)))
-    except (BadLineError, FileNotFoundError, ShardError, ValueError) as err:
+    except SourceNameError as err:
+        print(f"error: --name: {err}" if args.name is not None else f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ShardError, ValueError) as err:  # bad lines, empty sources, missing files, disk errors
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

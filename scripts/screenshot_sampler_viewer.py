@@ -3,7 +3,7 @@
 Starts `streamlit run utils/sampler_viewer/web.py` on 127.0.0.1 with the bundled shards (running
 data/compress_data.py first when data/pretrain_data is missing), counts tokens with the demo tokenizer when it
 exists, types the ratios and captures the whole page. It never clicks "Save policy", so nothing under configs/
-changes. Needs Debian's chromium (.ci/install_browser.sh).
+changes. Needs Debian's chromium (.ci/install_browser.sh), driven by Playwright.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Draw tokens from compressed sources through the training data path and print per-source shares.
 
-Shows what a training run would read: tokens drawn per source, their share against the policy, and how
-many epochs of each source that is. Defaults run on the bundled samples (after data/compress_data.py).
+Shows what a training run would read. Per source: its target share and the share it got (both of tokens),
+the tokens drawn (BOS + text + EOS of each document), and the epochs read (records read ÷ records in the
+source). The total row is the sum of the source rows; the last line says how those tokens were packed into
+rows of --seq-length and how many were carried into the next row. Defaults run on the bundled samples
+(after data/compress_data.py).
 """
 
 from __future__ import annotations
@@ -17,17 +20,39 @@ from llms_trainer.data.mixing import PolicyError, load_policy, natural_weights  
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader  # noqa: E402
 from llms_trainer.data.shards import ShardError, list_shards  # noqa: E402
 
+BATCH_ROWS = 8
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "data/pretrain_data",
-                        help="directory of compressed sources (one sub-directory each)")
-    parser.add_argument("--policy", type=Path, help="{source: ratio} JSON (default: proportional to raw size)")
+                        help="directory of compressed sources, one sub-directory each (default: data/pretrain_data)")
+    parser.add_argument("--policy", type=Path,
+                        help="{source: ratio} JSON (default: none, shares proportional to raw bytes)")
     parser.add_argument("--tokenizer", type=Path, default=ROOT / "configs/tokenizers/demo_base",
-                        help="HF tokenizer directory")
-    parser.add_argument("--tokens", type=int, default=200_000, help="tokens to draw")
-    parser.add_argument("--seq-length", type=int, default=256)
-    return parser.parse_args(argv)
+                        help="HF tokenizer directory (default: configs/tokenizers/demo_base)")
+    parser.add_argument("--tokens", type=int, default=200_000,
+                        help="draw at least this many tokens, in whole batches (default: %(default)s)")
+    parser.add_argument("--seq-length", type=int, default=256, help="tokens per packed row (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.tokens < 1 or args.seq_length < 1:
+        parser.error("--tokens and --seq-length must be ≥ 1")
+    return args
+
+
+def report_lines(report: dict[str, dict], weights: dict[str, float], packed_tokens: int, rows: int,
+                 seq_length: int, carried_tokens: int) -> list[str]:
+    """The table: a row per source, a total row (the sum of the rows) and how the tokens were packed."""
+    lines = [f"{'source':<16} {'target':>8} {'share':>8} {'tokens':>10} {'epochs':>9}",
+             f"{'':<16} {'% tokens':>8} {'% tokens':>8} {'drawn':>10} {'(records)':>9}"]
+    for name, row in report.items():
+        lines.append(f"{name:<16} {100 * weights[name]:>8.1f} {100 * row['share']:>8.1f} {row['tokens']:>10} "
+                     f"{row['epochs']:>9.2f}")
+    total = sum(row["tokens"] for row in report.values())
+    lines.append(f"{'total':<16} {100 * sum(weights.values()):>8.1f} {100.0 if total else 0.0:>8.1f} {total:>10}")
+    lines.append(f"{total} tokens drawn = {packed_tokens} packed into {rows} rows of {seq_length} "
+                 f"+ {carried_tokens} carried into the next row")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,18 +68,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer))
-    spec = PretrainSpec(sources=sources, weights=weights, seq_length=args.seq_length, batch_size=8)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer))
+    except (OSError, ValueError) as err:
+        print(f"error: {args.tokenizer}: cannot load a tokenizer ({err})", file=sys.stderr)
+        return 2
+    spec = PretrainSpec(sources=sources, weights=weights, seq_length=args.seq_length, batch_size=BATCH_ROWS)
     loader = ResumableLoader(PretrainData(spec, tokenizer))
-    drawn = 0
-    for batch in loader:
-        drawn += int(batch["attention_mask"].sum())
-        if drawn >= args.tokens:
-            break
-    print(f"{'source':<16} {'target':>7} {'share':>7} {'tokens':>9} {'epochs':>7}")
-    for name, row in loader.report().items():
-        print(f"{name:<16} {weights[name]:>7.3f} {row['share']:>7.3f} {row['tokens']:>9} {row['epochs']:>7.2f}")
-    print(f"drew {drawn} tokens from {len(names)} sources in {args.data}")
+    packed = rows = 0
+    try:
+        for batch in loader:
+            packed += int(batch["attention_mask"].sum())
+            rows += int(batch["attention_mask"].shape[0])
+            if packed >= args.tokens:
+                break
+    except ShardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    carried = len(loader.worker_states[0]["packer"]["pending"])
+    print("\n".join(report_lines(loader.report(), weights, packed, rows, args.seq_length, carried)))
+    print(f"from {len(names)} sources in {args.data}")
     return 0
 
 

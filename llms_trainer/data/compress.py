@@ -12,13 +12,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .records import MODES, record_problem
-from .shards import commit_source, dump_record, stage_source
+from .shards import SourceNameError, check_source_name, commit_source, dump_record, stage_source
 
 BAD_LINE_POLICIES = ("error", "skip")
 
 
 class BadLineError(ValueError):
     """An input line that is not a usable record (message: FILE:LINE: reason)."""
+
+
+class EmptySourceError(ValueError):
+    """A source whose inputs hold no records (an empty file, only blank or skipped lines)."""
 
 
 @dataclass
@@ -28,53 +32,72 @@ class SourceInput:
 
 
 def expand_inputs(patterns: list[str], name: str | None) -> list[SourceInput]:
-    """Files named by paths or globs; one source per file stem, or all in one source called `name`."""
+    """Files named by paths or globs; one source per file stem, or all in one source called `name`.
+
+    Source names must be plain names (`check_source_name`): a stem that is not one asks for `--name`.
+    """
     files: list[Path] = []
     for pattern in patterns:
         matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matched:
             raise FileNotFoundError(f"{pattern}: no input files match")
         for path in map(Path, matched):
+            if path.is_dir():
+                raise IsADirectoryError(f"{path}: is a directory, not a jsonl file; give its files, "
+                                        f"e.g. --input '{path / '*.jsonl'}'")
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: input file not found")
             files.append(path)
-    if name:
-        return [SourceInput(name, files)]
+    if name is not None:
+        return [SourceInput(check_source_name(name), files)]
     sources: dict[str, list[Path]] = {}
     for path in files:
         stem = path.name.split(".")[0]
+        try:
+            check_source_name(stem)
+        except SourceNameError as err:
+            raise SourceNameError(f"{path}: its name gives no usable source name ({err}); pass --name") from None
         sources.setdefault(stem, []).append(path)
     return [SourceInput(n, f) for n, f in sources.items()]
 
 
 def validated_lines(files: list[Path], mode: str, on_bad_line: str, counter: dict) -> Iterator[str]:
-    """Each input line re-serialised as a compact UTF-8 record; bad lines raise or are counted."""
+    """Each input line re-serialised as a compact UTF-8 record; bad lines raise or are counted.
+
+    Lines are split on newline bytes and decoded one by one, so a byte that is not UTF-8 is reported on
+    (and, under `skip`, costs only) its own line.
+    """
     for path in files:
-        with open(path, encoding="utf-8", errors="strict") as fh, \
-                tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, leave=False) as bar:
-            number = 0
-            while True:
-                try:
-                    line = fh.readline()
-                except UnicodeDecodeError as err:
-                    raise BadLineError(f"{path}:{number + 1}: not UTF-8 text ({err.reason})") from err
-                if not line:
-                    break
-                number += 1
-                bar.update(len(line.encode("utf-8")))
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    problem = record_problem(record, mode)
-                except json.JSONDecodeError as err:
-                    problem = f"not JSON ({err.msg} at column {err.colno})"
-                if problem is None:
+        with open(path, "rb") as fh, \
+                tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, leave=False,
+                     disable=None) as bar:  # no bar when stderr is not a terminal (logs, CI)
+            for number, raw in enumerate(fh, 1):
+                bar.update(len(raw))
+                record, problem = parse_input_line(raw, mode, first_line=number == 1)
+                if record is not None:
                     yield dump_record(record)
+                elif problem is None:
+                    continue  # blank line
                 elif on_bad_line == "skip":
                     counter["bad_lines"] += 1
                 else:
                     raise BadLineError(f"{path}:{number}: {problem}. Fix the line or pass --on-bad-line skip")
+
+
+def parse_input_line(raw: bytes, mode: str, first_line: bool = False) -> tuple[dict | None, str | None]:
+    """(record, None) for a usable line, (None, problem) for a bad one, (None, None) for a blank one."""
+    try:
+        text = raw.decode("utf-8-sig" if first_line else "utf-8")  # a BOM may start a file
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start + 1} of the line)"
+    if not text.strip():
+        return None, None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:  # some messages end in "at" ("Unterminated string starting at")
+        return None, f"not JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
+    problem = record_problem(record, mode)
+    return (record, None) if problem is None else (None, problem)
 
 
 def compress_sources(
@@ -86,7 +109,10 @@ def compress_sources(
     shard_records: int | None = None,
     shard_mb: float | None = None,
 ) -> list[dict]:
-    """Compress every source; all-or-nothing: on any error no source in `output` is changed."""
+    """Compress every source; all-or-nothing: on any error no source in `output` is changed.
+
+    A source without records (empty input) is refused with EmptySourceError: training could not use it.
+    """
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {sorted(MODES)}, got {mode!r}")
     if on_bad_line not in BAD_LINE_POLICIES:
@@ -99,6 +125,8 @@ def compress_sources(
             lines = validated_lines(source.files, mode, on_bad_line, counter)
             staged.append(stage_source(lines, output, source.name, shard_records=shard_records,
                                        shard_bytes=shard_bytes, bad_lines=lambda c=counter: c["bad_lines"]))
+            if staged[-1][1]["records"] == 0:
+                raise EmptySourceError(_empty_source_message(source, counter["bad_lines"]))
     except BaseException:
         for tmp, _ in staged:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -106,6 +134,13 @@ def compress_sources(
     for tmp, manifest in staged:
         commit_source(tmp, output, manifest["source"])
     return [manifest for _, manifest in staged]
+
+
+def _empty_source_message(source: SourceInput, bad_lines: int) -> str:
+    files = ", ".join(map(str, source.files))
+    why = f"all {bad_lines} non-blank lines are bad (skipped)" if bad_lines else "empty or only blank lines"
+    return (f"source '{source.name}' would have no records ({files}: {why}); nothing written. "
+            "Check the input path, or leave this file out")
 
 
 def summary_lines(manifests: list[dict], output: str | Path) -> list[str]:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .shards import ShardError
 from .stream import SourceStream
 
 Encode = Callable[[list[str]], list[list[int]]]
@@ -73,6 +74,7 @@ class TokenizedSource:
         self._buffer: deque[tuple[dict, list[int]]] = deque()
         self._records: Iterator[dict] | None = None
         self.skipped = 0
+        self._skipped_in_a_row = 0
 
     def state_dict(self) -> dict:
         stream_state = self._buffer[0][0] if self._buffer else self.stream.state_dict()
@@ -96,7 +98,13 @@ class TokenizedSource:
             text = self.to_text(record)
             if text is None:
                 self.skipped += 1
+                self._skipped_in_a_row += 1
+                if self._skipped_in_a_row > self.stream.total_records:  # a whole epoch without text: never ends
+                    raise ShardError(
+                        f"{self.stream.shards[0].path.parent}: none of its {self.stream.total_records} records has "
+                        "text this stage can use (e.g. SFT or reward records given to pretraining); check data.data")
                 continue
+            self._skipped_in_a_row = 0
             states.append(before)
             texts.append(text)
         if texts:

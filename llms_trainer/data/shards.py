@@ -12,13 +12,15 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
+
+from ..io import make_temp_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -28,6 +30,27 @@ _READ_CHUNK_BYTES = 1 << 20
 
 class ShardError(RuntimeError):
     """A shard or manifest is missing, corrupt or does not match its manifest."""
+
+
+class SourceNameError(ValueError):
+    """A source name that is not a plain directory name."""
+
+
+_SOURCE_NAME = re.compile(r"[\w.-]+")  # \w: letters, digits and _ of any script
+
+
+def check_source_name(name: str) -> str:
+    """`name` when it is a plain name (letters, digits, `_ - .`, not starting with a dot); else SourceNameError.
+
+    A source is the directory `<out>/<name>`: a name holding `/`, `..` or `.` would write outside `<out>` or
+    replace `<out>` itself, and names starting with a dot are hidden from readers (temporaries use them).
+    """
+    if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name) or name.startswith("."):
+        raise SourceNameError(
+            f"source name {name!r} is not a plain name: use letters, digits, _ - . "
+            "(not starting with a dot), e.g. news_en"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -105,9 +128,8 @@ def stage_source(
     directory. `bad_lines` (a count, or a callable read after `lines` is exhausted) goes into the manifest.
     Returns (temporary directory, manifest).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{source}.tmp-", dir=out_dir))
+    check_source_name(source)
+    tmp = make_temp_dir(out_dir, f".{source}.tmp-")
     try:
         writer = _ShardWriter(tmp, shard_records, shard_bytes, level)
         for line in lines:
@@ -131,7 +153,7 @@ def stage_source(
 
 def commit_source(staged: Path, out_dir: str | Path, source: str) -> Path:
     """Move a staged source into `<out_dir>/<source>`, replacing the old one with renames."""
-    final = Path(out_dir) / source
+    final = Path(out_dir) / check_source_name(source)
     _replace_dir(staged, final)
     return final
 
@@ -202,8 +224,12 @@ _verified: set[tuple[str, str]] = set()
 
 
 def verify_shard(shard: ShardInfo) -> None:
-    """Check size and sha256 against the manifest (once per process per shard)."""
-    key = (str(shard.path.resolve()), shard.sha256)
+    """Check size, sha256, raw bytes and record count against the manifest (once per process per shard).
+
+    The size and hash catch a changed or truncated file; the decompressed size and line count catch a
+    manifest that was edited or belongs to other shards (streaming relies on the record counts).
+    """
+    key = (str(shard.path.resolve()), shard.sha256, shard.records, shard.raw_bytes)
     if key in _verified:
         return
     try:
@@ -221,7 +247,30 @@ def verify_shard(shard: ShardInfo) -> None:
         )
     if digest.hexdigest() != shard.sha256:
         raise ShardError(f"{shard.path}: corrupt shard (sha256 does not match manifest); re-run data/compress_data.py")
+    raw_bytes, records = _count_records(shard.path)
+    if (records, raw_bytes) != (shard.records, shard.raw_bytes):
+        raise ShardError(
+            f"{shard.path}: the shard holds {records} records and {raw_bytes} raw bytes, its manifest says "
+            f"{shard.records} and {shard.raw_bytes}; the manifest was edited or belongs to other shards: "
+            "re-run data/compress_data.py"
+        )
     _verified.add(key)
+
+
+def _count_records(path: Path) -> tuple[int, int]:
+    """(raw bytes, lines) of a shard's decompressed text, streamed in 1 MiB blocks."""
+    raw_bytes = newlines = 0
+    last = b"\n"
+    try:
+        with open(path, "rb") as fh, \
+                zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True) as raw:
+            while block := raw.read(_READ_CHUNK_BYTES):
+                raw_bytes += len(block)
+                newlines += block.count(b"\n")
+                last = block[-1:]
+    except (OSError, zstandard.ZstdError) as err:
+        raise ShardError(f"{path}: corrupt zstd frame ({err}); re-run data/compress_data.py") from err
+    return raw_bytes, newlines + (last != b"\n")
 
 
 def iter_shard_lines(shard: ShardInfo, skip: int = 0) -> Iterator[str]:

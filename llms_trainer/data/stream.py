@@ -95,10 +95,15 @@ class SourceStream:
             lines = self._lines_from(shard, shard_pos, line)
             for text in lines:
                 line += 1
+                if line > shard.records:
+                    raise _count_mismatch(shard, "more")
                 if self._mine(starts[shard_pos] + line - 1):
                     records.append(parse_shard_line(text, shard.path, line))
                     if len(records) == self.buffer_records:
                         break
+            else:
+                if line < shard.records:  # the lines ran out early: never wait for records that are not there
+                    raise _count_mismatch(shard, "fewer")
             if line >= shard.records:
                 shard_pos, line, self._reader = shard_pos + 1, 0, None
             else:
@@ -124,4 +129,9 @@ class SourceStream:
                     yield records[permutation[self.taken - 1]]
                 self.shard_pos, self.line, self.taken = end_pos, end_line, 0
             self.epoch, self.shard_pos, self.line, self.taken = self.epoch + 1, 0, 0, 0
+
+
+def _count_mismatch(shard: ShardInfo, more_or_fewer: str) -> ShardError:
+    return ShardError(f"{shard.path}: holds {more_or_fewer} records than the {shard.records} its manifest says; "
+                      "re-run data/compress_data.py")
 

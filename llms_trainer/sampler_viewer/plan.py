@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.mixing import PolicyError, normalise_policy
-from .sources import RAW_BYTES, TOKENS, Source, ViewerError, write_atomic
+from ..io import atomic_write
+from .sources import RAW_BYTES, TOKENS, Source, ViewerError
 
 
 class PolicyExistsError(ViewerError):
@@ -123,21 +124,34 @@ def policy_from_percents(percents: dict[str, float]) -> dict[str, float]:
     return policy
 
 
-def policy_path(policy_dir: str | Path, name: str) -> Path:
-    """`<policy_dir>/<name>.json`; the name may hold sub-folders but no `..` or odd characters."""
+def policy_path(policy_root: str | Path, name: str, folder: str | Path | None = None) -> Path:
+    """`<folder>/<name>.json` (folder: `policy_root` or a folder inside it); the name may hold sub-folders
+    but no `..` or odd characters. ViewerError for a path outside `policy_root`."""
     name = name.strip().removesuffix(".json")
     if not _POLICY_NAME.match(name) or ".." in name:
         raise ViewerError(f"policy name {name!r}: use letters, digits, _ . - (and / for sub-folders), e.g. demo_mix")
-    return Path(policy_dir) / f"{name}.json"
+    path = Path(folder if folder is not None else policy_root) / f"{name}.json"
+    check_inside(path, policy_root)
+    return path
 
 
-def save_policy(policy: dict[str, float], path: str | Path, overwrite: bool = False) -> Path:
-    """Write the policy JSON atomically; PolicyExistsError when the file exists and `overwrite` is False."""
+def check_inside(path: str | Path, policy_root: str | Path) -> None:
+    """ViewerError unless `path` (symlinks followed) lies inside `policy_root`, the only place the viewer writes."""
+    if not Path(path).resolve().is_relative_to(Path(policy_root).resolve()):
+        raise ViewerError(f"{path} is outside the policy directory {policy_root}: the viewer writes policies only "
+                          "there (start it with SAMPLER_VIEWER_POLICY_DIR=DIR to use another directory)")
+
+
+def save_policy(policy: dict[str, float], path: str | Path, *, policy_root: str | Path,
+                overwrite: bool = False) -> Path:
+    """Write the policy JSON atomically inside `policy_root`; PolicyExistsError when the file exists and
+    `overwrite` is False."""
     path = Path(path)
+    check_inside(path, policy_root)
     if path.exists() and not overwrite:
         raise PolicyExistsError(f"{path} exists")
     try:
-        write_atomic(path, json.dumps(policy, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(path, json.dumps(policy, indent=2, ensure_ascii=False) + "\n")
     except OSError as err:
         raise ViewerError(f"{path}: cannot write the policy ({err})") from err
     return path

@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from ..data.records import pretrain_text
 from ..data.shards import MANIFEST, ShardError, iter_records, list_shards, read_manifest
+from ..io import atomic_write
 
 MB = 2**20
 TOKEN_CACHE = "token_counts.json"
@@ -255,21 +254,8 @@ def count_tokens(source: Source, tokenizer, tokenizer_key: str,
         raise ViewerError(f"{source.name}: cannot read its data ({err})") from err
     cache = {k: v for k, v in _read_cache(source).items() if k != tokenizer_key}
     cache[tokenizer_key] = {"tokens": tokens, "records": docs, **fingerprint}
-    write_atomic(_cache_path(source), json.dumps(cache, indent=1) + "\n")
+    atomic_write(_cache_path(source), json.dumps(cache, indent=1) + "\n")
     if progress:
         progress(1.0)
     source.tokens = tokens
     return tokens
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from llms_trainer.io import make_temp_dir
 
 
 class TokenizerError(ValueError):
@@ -25,8 +26,7 @@ def new_output_dir(output: str | Path) -> Iterator[Path]:
     output = Path(output)
     if output.exists():
         raise TokenizerError(f"{output} already exists; choose another --output or delete it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    tmp = make_temp_dir(output.parent, f".{output.name}.tmp-")  # not mkdtemp: 0700 would stay on `output`
     try:
         yield tmp
         os.replace(tmp, output)

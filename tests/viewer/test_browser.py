@@ -1,7 +1,8 @@
-"""The sampler viewer in a real browser: streamlit on 127.0.0.1, headless Chromium driven over DevTools."""
+"""The sampler viewer in a real browser: streamlit on 127.0.0.1, the system Chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -11,8 +12,10 @@ from utils.sampler_viewer.browser import chromium_page, find_chromium, streamlit
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(find_chromium() is None and os.environ.get("CI") != "true",
-                       reason="chromium missing: run .ci/install_browser.sh (CI does, and fails without it)"),
+    pytest.mark.skipif((find_chromium() is None or importlib.util.find_spec("playwright") is None)
+                       and os.environ.get("CI") != "true",
+                       reason="chromium or playwright missing: run .ci/install_browser.sh and pip install -r "
+                       "requirements.txt (CI does, and fails without them)"),
 ]
 
 
@@ -21,7 +24,7 @@ def test_set_a_ratio_and_save_in_chromium(viewer_env, tmp_path):
     policy = viewer_env["SAMPLER_VIEWER_POLICY_DIR"] / "browser_mix.json"
     with streamlit_server(env, tmp_path / "streamlit.log") as url, chromium_page() as page:
         page.open(url, ready_text="news %")
-        assert page.evaluate("document.querySelector('h1').innerText") == "Sampler viewer"
+        assert page.page.locator("h1").inner_text() == "Sampler viewer"
         page.type_into("news %", "30")
         page.wait_for_row("news", "30")  # wait for each rerun, or the next input races it
         page.type_into("wiki %", "50")

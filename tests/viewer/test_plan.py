@@ -85,18 +85,19 @@ def test_both_bad_ratios_are_named_in_one_message():
 def test_saved_policy_is_what_the_trainer_loads(tmp_path):
     policy = policy_from_percents({"a": 30, "b": 50, "c": 0})
     assert policy == {"a": 0.375, "b": 0.625}  # zero left out, shares normalised
-    path = save_policy(policy, policy_path(tmp_path / "configs" / "sample_policy", "mix"))
+    root = tmp_path / "configs" / "sample_policy"
+    path = save_policy(policy, policy_path(root, "mix"), policy_root=root)
     assert path == tmp_path / "configs" / "sample_policy" / "mix.json"
     assert load_policy(path, ["a", "b"]) == pytest.approx({"a": 0.375, "b": 0.625})
     assert [p.name for p in path.parent.iterdir()] == ["mix.json"]  # no temp files left behind
 
 
 def test_saving_over_an_existing_policy_needs_overwrite(tmp_path):
-    path = save_policy({"a": 1.0}, tmp_path / "p.json")
+    path = save_policy({"a": 1.0}, tmp_path / "p.json", policy_root=tmp_path)
     with pytest.raises(PolicyExistsError):
-        save_policy({"b": 1.0}, path)
+        save_policy({"b": 1.0}, path, policy_root=tmp_path)
     assert load_policy(path, ["a"]) == {"a": 1.0}
-    save_policy({"b": 1.0}, path, overwrite=True)
+    save_policy({"b": 1.0}, path, policy_root=tmp_path, overwrite=True)
     assert load_policy(path, ["b"]) == {"b": 1.0}
 
 

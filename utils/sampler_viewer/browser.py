@@ -1,33 +1,28 @@
-"""Drive the sampler viewer in headless Chromium over the DevTools protocol (browser test, README screenshot).
+"""Drive the sampler viewer in headless Chromium with Playwright (browser test, README screenshot).
 
-Streamlit sends page content over a websocket after load, so a plain `chromium --screenshot` shows a blank page;
-here we start streamlit and Chromium on 127.0.0.1, wait for the content, type into inputs like a user, click
-buttons and capture PNGs. Only websocket-client is needed (no browser downloads, no driver binary).
+Streamlit sends the page over a websocket after load and reruns the script after every input, so each step
+waits until no script run is pending (the `data-test-script-state` of the app root) and then for the content
+it expects; typing during a rerun could otherwise be overwritten by it. Playwright drives the system
+Chromium (Debian package `chromium`, installed by .ci/install_browser.sh) and never downloads a browser.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import websocket
-
 WEB_PY = Path(__file__).resolve().parent / "web.py"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]
+CHROMIUM_ARGS = ["--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--no-proxy-server"]
+_SETTLED = '[data-testid="stApp"][data-test-script-state="notRunning"][data-test-connection-state="CONNECTED"]'
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -49,9 +44,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _get(url: str, timeout_s: float = 2.0) -> str:
-    with _NO_PROXY.open(url, timeout=timeout_s) as response:
-        return response.read().decode()
+def _healthy(url: str) -> bool:
+    try:
+        with _NO_PROXY.open(f"{url}/_stcore/health", timeout=2.0) as response:
+            return response.read().decode().strip() == "ok"
+    except OSError:
+        return False
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -83,14 +81,9 @@ def streamlit_server(env: dict[str, str], log_path: Path, timeout_s: float = 90)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not _healthy(url):
             if proc.poll() is not None:
                 raise BrowserError(f"streamlit exited with code {proc.returncode}; see {log_path}")
-            try:
-                if _get(f"{url}/_stcore/health").strip() == "ok":
-                    break
-            except OSError:
-                pass
             if time.monotonic() > deadline:
                 raise BrowserError(f"streamlit did not answer on {url} within {timeout_s:.0f} s; see {log_path}")
             time.sleep(0.3)
@@ -99,117 +92,95 @@ def streamlit_server(env: dict[str, str], log_path: Path, timeout_s: float = 90)
         _stop(proc)
 
 
-class Page:
-    """One Chromium tab spoken to over the DevTools protocol."""
+class ViewerPage:
+    """The viewer in one Chromium tab; `page` is the Playwright page for anything else."""
 
-    def __init__(self, ws: websocket.WebSocket, timeout_s: float):
-        self.ws, self.timeout_s, self._next_id = ws, timeout_s, 0
+    def __init__(self, page):
+        self.page = page
 
-    def send(self, method: str, **params) -> dict:
-        self._next_id += 1
-        self.ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self._next_id:
-                if "error" in message:
-                    raise BrowserError(f"{method}: {message['error']}")
-                return message.get("result", {})
-        raise BrowserError(f"{method}: no answer within {self.timeout_s:.0f} s")
+    def settle(self) -> None:
+        """Wait until the app is connected and no script run is running or requested."""
+        self.page.wait_for_selector(_SETTLED, state="attached")
 
-    def evaluate(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            reason = details.get("exception", {}).get("description") or details.get("text")
-            raise BrowserError(f"script failed: {reason}\nscript: {expression[:300]}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, what: str, timeout_s: float = 30):
-        """Poll a JS expression until it is truthy (and streamlit is not running the script); returns it."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = self.evaluate(f"(() => {{ try {{ if (document.querySelector('[data-testid=\"stStatusWidget\"] "
-                                  f"button')) return null; const v = ({expression}); "
-                                  "return v instanceof Node ? true : v; } catch (e) { return null; } })()")
-            if value:
-                return value
-            time.sleep(0.25)
-        text = self.evaluate("document.body ? document.body.innerText.slice(0, 2000) : ''")
-        raise BrowserError(f"timed out after {timeout_s:.0f} s waiting for {what}; page text: {text!r}")
+    def open(self, url: str, ready_text: str, timeout_s: float = 60) -> None:
+        self.page.goto(url)
+        self.wait_for_text(ready_text, timeout_s)
 
     def wait_for_text(self, text: str, timeout_s: float = 30) -> None:
-        self.wait_for(f"document.body.innerText.includes({json.dumps(text)})", repr(text), timeout_s)
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("body")).to_contain_text(text, timeout=timeout_s * 1000)
+        self.settle()
 
     def wait_for_row(self, *cells: str, timeout_s: float = 30) -> None:
         """Wait until some table row starts with these cell texts (e.g. source name, ratio)."""
-        prefix = json.dumps("|".join(cells) + "|")
-        self.wait_for("[...document.querySelectorAll('tr')].some(tr => ([...tr.cells].map(c => c.innerText.trim())"
-                      f".join('|') + '|').startsWith({prefix}))", f"a table row {cells}", timeout_s)
-
-    def open(self, url: str, ready_text: str, timeout_s: float = 60) -> None:
-        self.send("Page.navigate", url=url)
-        self.wait_for_text(ready_text, timeout_s)
+        self.page.wait_for_function(
+            "cells => [...document.querySelectorAll('tr')].some(tr => "
+            "[...tr.cells].slice(0, cells.length).map(c => c.innerText.trim()).join('|') === cells.join('|'))",
+            arg=list(cells), timeout=timeout_s * 1000)
+        self.settle()
 
     def type_into(self, label: str, text: str) -> None:
-        """Replace the text of the input labelled `label` as a user would, then press Enter.
+        """Replace the text of the input labelled `label` and press Enter, as a user would.
 
-        Streamlit reruns the script after Enter; wait for its result (e.g. `wait_for_row`) before the next input,
-        or the rerun may overwrite what was typed meanwhile.
+        Streamlit reruns the script after Enter: wait for its result (`wait_for_row`, `wait_for_text`)
+        before the next input.
         """
-        selector = json.dumps(f'input[aria-label="{label}"]')
-        self.wait_for(f"document.querySelector({selector})", f"input {label!r}")
-        self.evaluate(f"(() => {{ const el = document.querySelector({selector}); el.focus(); el.select(); }})()")
-        self.send("Input.insertText", text=text)
-        for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13)
+        self.settle()
+        field = self.page.get_by_label(label, exact=True)
+        field.fill(text)
+        field.press("Enter")
 
     def click_button(self, text: str) -> None:
-        finder = ("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === "
-                  f"{json.dumps(text)})")
-        self.wait_for(finder, f"button {text!r}")
-        self.evaluate(f"{finder}.click()")
+        self.settle()
+        self.page.get_by_role("button", name=text, exact=True).click()
 
     def screenshot(self, path: Path, width: int = 1400) -> Path:
         """A PNG of the whole page: the viewport is grown to the height of streamlit's content first."""
-        self.evaluate("document.activeElement && document.activeElement.blur()")
-        height = self.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"], "
-                               "[data-testid=\"stSidebarContent\"]')].map(e => e.scrollHeight), 600)")
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=int(height) + 80, deviceScaleFactor=1,
-                  mobile=False)
-        time.sleep(1.0)  # let charts re-layout at the new size
-        data = self.send("Page.captureScreenshot", format="png")["data"]
+        self.settle()
+        self.page.evaluate("document.activeElement && document.activeElement.blur()")
+        height = self.page.evaluate(
+            "Math.max(...[...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"], "
+            "[data-testid=\"stSidebarContent\"]')].map(e => e.scrollHeight), 600)")
+        self.page.set_viewport_size({"width": width, "height": int(height) + 80})
+        self.page.wait_for_timeout(1000)  # let charts re-layout at the new size
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
+        self.page.screenshot(path=str(path), type="png")
         return path
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1000, timeout_s: float = 30) -> Iterator[Page]:
-    """Headless Chromium with a fresh profile; yields its first tab; always stops it."""
+def chromium_page(width: int = 1400, height: int = 1000, timeout_s: float = 30) -> Iterator[ViewerPage]:
+    """Headless system Chromium driven by Playwright; yields one page; always closes the browser.
+
+    Playwright errors (a timeout waiting for content, a crash) are raised as BrowserError with the page text.
+    """
     chromium = find_chromium()
     if chromium is None:
         raise BrowserError("chromium not found; install it with .ci/install_browser.sh (apt-get install chromium)")
-    profile = Path(tempfile.mkdtemp(prefix="viewer-chromium-"))
-    proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                             "--remote-debugging-address=127.0.0.1", f"--window-size={width},{height}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ws = None
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS,
+                                                 timeout=timeout_s * 1000)
+        except PlaywrightError as err:
+            raise BrowserError(f"{chromium} did not start under Playwright: {err}") from err
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(timeout_s * 1000)
+            try:
+                yield ViewerPage(page)
+            except PlaywrightError as err:
+                raise BrowserError(f"{err.message.splitlines()[0]}; page text: {_page_text(page)!r}") from err
+        finally:
+            browser.close()
+
+
+def _page_text(page) -> str:
+    """The start of the page's visible text (for error messages), or "" when the page cannot answer."""
     try:
-        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + timeout_s
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BrowserError(f"chromium did not open its DevTools port (exit code {proc.poll()})")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = json.loads(_get(f"http://127.0.0.1:{port}/json/list"))
-        target = next(t for t in targets if t.get("type") == "page")
-        ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout_s, suppress_origin=True)
-        page = Page(ws, timeout_s)
-        page.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
-        yield page
-    finally:
-        if ws is not None:
-            ws.close()
-        _stop(proc)
-        shutil.rmtree(profile, ignore_errors=True)
+        return page.evaluate("document.body ? document.body.innerText.slice(0, 2000) : ''")
+    except Exception:  # noqa: BLE001 - only used while reporting another error
+        return ""

@@ -2,9 +2,11 @@
 
     streamlit run utils/sampler_viewer/web.py [--server.port 8001]
 
-Defaults come from env vars: SAMPLER_VIEWER_DATA_DIR (data/pretrain_data), SAMPLER_VIEWER_TOKENIZER
-(configs/tokenizers/demo_base), SAMPLER_VIEWER_POLICY_DIR (configs/sample_policy). Relative paths are read from
-the repository root. The logic lives in llms_trainer/sampler_viewer/; this file only lays out the page.
+It listens on 127.0.0.1 only (utils/sampler_viewer/.streamlit/config.toml); add `--server.address 0.0.0.0`
+to serve other machines. Defaults come from env vars: SAMPLER_VIEWER_DATA_DIR (data/pretrain_data),
+SAMPLER_VIEWER_TOKENIZER (configs/tokenizers/demo_base), SAMPLER_VIEWER_POLICY_DIR (configs/sample_policy:
+the only directory the page writes policies into). Relative paths are read from the repository root. The
+logic lives in llms_trainer/sampler_viewer/; this file only lays out the page.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def unit_label(unit: str) -> str:
     return "tokens" if unit == TOKENS else "raw MB"
 
 
+def policy_root() -> Path:
+    """The directory policies may be written into, fixed when the viewer starts (not typed in the page)."""
+    return resolve(os.environ.get("SAMPLER_VIEWER_POLICY_DIR", "configs/sample_policy"))
+
+
 def sidebar() -> tuple[str, str, str, str]:
     side = st.sidebar
     data_dir = side.text_input("Data directory", os.environ.get("SAMPLER_VIEWER_DATA_DIR", "data/pretrain_data"),
@@ -71,8 +78,9 @@ def sidebar() -> tuple[str, str, str, str]:
     tokenizer = side.text_input("Tokenizer directory (token counts)",
                                 os.environ.get("SAMPLER_VIEWER_TOKENIZER", "configs/tokenizers/demo_base"),
                                 key="tokenizer")
-    policy_dir = side.text_input("Policy directory",
-                                 os.environ.get("SAMPLER_VIEWER_POLICY_DIR", "configs/sample_policy"), key="policy_dir")
+    policy_dir = side.text_input("Policy directory", shown(policy_root()), key="policy_dir",
+                                 help=f"{shown(policy_root())} or a folder inside it: the viewer writes nowhere "
+                                 "else (SAMPLER_VIEWER_POLICY_DIR sets it when starting the viewer)")
     pasted = side.text_area("…or paste sizes (old viewer form)", key="pasted",
                             help="{name: size, ...} or two CSV lines (names, then sizes). Sizes like 253K, 1.5M, "
                             "2G; a bare number is MB. Pasted sizes replace the data directory.")
@@ -121,14 +129,19 @@ def sources_table(sources: list[Source]) -> None:
 
 
 def ratio_inputs(sources: list[Source], scope: str) -> dict[str, str]:
+    """A ratio input per source. A ratio still at its default follows the default when it changes (token
+    shares replace raw-byte shares once tokens are counted); a ratio the user typed is kept."""
     st.subheader("Ratios (% of training tokens; 0 leaves a source out)")
-    defaults = default_percents(sources)
+    defaults = {name: f"{value:g}" for name, value in default_percents(sources).items()}
+    shown_defaults = st.session_state.get(f"pct_defaults::{scope}", {})
     columns = st.columns(min(4, len(sources)))
     texts = {}
     for i, source in enumerate(sources):
         key = f"pct::{scope}::{source.name}"
-        st.session_state.setdefault(key, f"{defaults[source.name]:g}")
+        if key not in st.session_state or st.session_state[key] == shown_defaults.get(source.name):
+            st.session_state[key] = defaults[source.name]
         texts[source.name] = columns[i % len(columns)].text_input(f"{source.name} %", key=key)
+    st.session_state[f"pct_defaults::{scope}"] = defaults
     return texts
 
 
@@ -180,7 +193,7 @@ def save_section(percents: dict[str, float], policy_dir: str) -> None:
     name = st.text_input("Policy name", "pretrain_mix", key="policy_name")
     try:
         policy = policy_from_percents(percents)
-        path = policy_path(resolve(policy_dir), name)
+        path = policy_path(policy_root(), name, resolve(policy_dir))
     except ViewerError as err:
         st.error(str(err))
         return
@@ -202,7 +215,7 @@ def write(policy: dict[str, float], path: str, overwrite: bool) -> None:
     """Button callback (runs before the rerun): save, or remember the file to ask about overwriting."""
     st.session_state.pop("pending_overwrite", None)
     try:
-        save_policy(policy, Path(path), overwrite=overwrite)
+        save_policy(policy, Path(path), policy_root=policy_root(), overwrite=overwrite)
     except PolicyExistsError:
         st.session_state["pending_overwrite"] = {"path": path, "policy": policy}
         return

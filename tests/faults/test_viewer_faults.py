@@ -1,0 +1,120 @@
+"""Sampler viewer faults: listening on every interface, writing policies anywhere, stale default ratios."""
+# ruff: noqa: F811 - the viewer's fixtures are imported from tests/viewer/conftest.py and used as arguments
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.viewer.conftest import WEB_PY, app, raw_dir, shard_dir, viewer_env  # noqa: F401
+
+
+def _texts(elements) -> str:
+    return " | ".join(str(e.value) for e in elements)
+
+
+def _ratio(app, name: str) -> str:
+    return next(t for t in app.text_input if t.label == f"{name} %").value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- 5. binding and where policies are written
+
+
+def test_viewer_listens_on_this_machine_only_by_default(tmp_path, viewer_env):
+    """The README command, without --server.address, run from another directory."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(WEB_PY), "--server.headless", "true",
+           "--server.port", str(port), "--server.fileWatcherType", "none"]
+    with open(tmp_path / "streamlit.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _connects("127.0.0.1", port):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
+            time.sleep(0.2)
+        # 127.0.0.2 is this machine too, but another address: a server bound to every interface accepts it
+        assert not _connects("127.0.0.2", port)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_policy_directory_outside_the_configured_one_is_refused(app, viewer_env, tmp_path):
+    root = viewer_env["SAMPLER_VIEWER_POLICY_DIR"]
+    for outside in (tmp_path / "elsewhere", root / ".." / "escaped"):
+        app.text_input(key="policy_dir").set_value(str(outside)).run()
+        assert not app.exception
+        assert f"is outside the policy directory {root}" in _texts(app.error)
+        assert "SAMPLER_VIEWER_POLICY_DIR" in _texts(app.error)
+        assert not [b for b in app.button if b.key == "save"]  # nothing to click
+    assert not (tmp_path / "elsewhere").exists() and not (root.parent / "escaped").exists()
+    app.text_input(key="policy_dir").set_value(str(root / "team")).run()  # a folder inside still works
+    app.button(key="save").click().run()
+    assert not app.error and json.loads((root / "team" / "pretrain_mix.json").read_text()).keys() == {"news", "wiki"}
+
+
+def test_symlink_out_of_the_policy_directory_is_refused(app, viewer_env, tmp_path):
+    root = viewer_env["SAMPLER_VIEWER_POLICY_DIR"]
+    (tmp_path / "elsewhere").mkdir()
+    root.mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    app.text_input(key="policy_name").set_value("link/mix").run()
+    assert "is outside the policy directory" in _texts(app.error)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_save_policy_checks_the_directory_itself(tmp_path):
+    from llms_trainer.sampler_viewer.plan import save_policy
+    from llms_trainer.sampler_viewer.sources import ViewerError
+
+    with pytest.raises(ViewerError, match="is outside the policy directory"):
+        save_policy({"a": 1.0}, tmp_path / "elsewhere" / "p.json", policy_root=tmp_path / "policies")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# ---------------------------------------------------------------- 6. default ratios follow the counted tokens
+
+
+def test_default_ratios_become_token_shares_after_counting(app, shard_dir, tiny_tokenizer_dir):
+    raw = {n: json.loads((shard_dir / n / "manifest.json").read_text())["raw_bytes"] for n in ("news", "wiki")}
+    assert float(_ratio(app, "news")) == pytest.approx(100 * raw["news"] / sum(raw.values()), abs=0.01)
+    app.text_input(key="tokenizer").set_value(str(tiny_tokenizer_dir)).run()
+    app.button(key="count_tokens").click().run()
+    assert not app.exception and not app.error
+    tokens = {n: json.loads((shard_dir / n / "token_counts.json").read_text())[str(tiny_tokenizer_dir)]["tokens"]
+              for n in ("news", "wiki")}
+    token_share = 100 * tokens["news"] / sum(tokens.values())
+    assert abs(token_share - 100 * raw["news"] / sum(raw.values())) > 0.5  # the two units really differ here
+    assert float(_ratio(app, "news")) == pytest.approx(token_share, abs=0.01)
+    assert float(_ratio(app, "news")) + float(_ratio(app, "wiki")) == pytest.approx(100)
+    assert app.table[1].value.to_dict(orient="index")["news"]["original %"] == f"{token_share:.2f}"
+
+
+def test_a_typed_ratio_is_kept_when_tokens_are_counted(app, tiny_tokenizer_dir):
+    next(t for t in app.text_input if t.label == "wiki %").set_value("70")
+    app.text_input(key="tokenizer").set_value(str(tiny_tokenizer_dir)).run()
+    before_news = _ratio(app, "news")
+    app.button(key="count_tokens").click().run()
+    assert _ratio(app, "wiki") == "70"  # the user's number
+    assert _ratio(app, "news") != before_news  # the untouched default followed the token counts
