@@ -52,7 +52,7 @@ def check(args: argparse.Namespace) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.train_config}: ok (stage {cfg.data.mode}, {cfg.train.num_training_steps} steps, "
+    print(f"{args.train_config}: ok (stage {cfg.stage_name()}, {cfg.train.num_training_steps} steps, "
           f"work_dir {cfg.work_dir})")
     return 0
 

@@ -18,10 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-EVAL_METHODS = ("single_choice_eval", "generation_eval", "nll_eval")
-EVAL_ALIASES = {"nll": "nll_eval"}  # the original configs call it "nll"
-EVAL_DATASET_KEY = {"single_choice_eval": "single_choice_dataset", "generation_eval": "generation_dataset",
-                    "nll_eval": "nll_dataset"}
+from llms_trainer.evaluation.methods import EVAL_ALIASES, EVAL_METHODS, dataset_files
+from llms_trainer.train.stages import REGISTRY as STAGES
 
 
 # accelerate tracker name → module that must import for it to work
@@ -41,7 +39,8 @@ Datasets = str | list[str] | dict[str, str] | None
 
 
 class DataConfig(Section):
-    mode: Literal["pretrain", "sft"] = Field("pretrain", description="which stage builds the batches")
+    mode: Literal["pretrain", "sft"] = Field("pretrain", description="the stage of train_llms.py runs (the "
+                                             "top-level `stage:` key, when set, takes its place)")
     data: dict[str, str] = Field(default_factory=dict, description="source name → shard directory or glob "
                                  "(data/pretrain_data/<source>/*.jsonl.zst written by data/compress_data.py)")
     sample_policy_file: str | None = Field(None, description="JSON {source: ratio}: target share of training "
@@ -152,7 +151,41 @@ class EvalConfig(Section):
         return [EVAL_ALIASES.get(m, m) for m in self.eval_methods]
 
 
+class SFTConfig(Section):
+    """sft: section (stage sft)."""
+
+    on_bad_record: Literal["error", "skip"] = Field("error", description="a record with no assistant turn, an "
+                                                    "empty turn, a wrong role order or an unknown format: stop "
+                                                    "naming shard and line, or skip it (counted per source)")
+
+
+class RewardConfig(Section):
+    """reward: section (stage reward)."""
+
+
+class DPOConfig(Section):
+    """dpo: section (stage dpo)."""
+
+
+class GRPOConfig(Section):
+    """grpo: section (stage grpo)."""
+
+
+# stage → its section key and class (a stage without an entry has no section)
+STAGE_SECTIONS: dict[str, str] = {"sft": "sft", "reward": "reward", "dpo": "dpo", "grpo": "grpo"}
+# keys of the original reward-model configs, read by the reward stage only
+REWARD_ONLY_KEYS = (("data", "reward_model_datasets"), ("data", "batch_size"), ("data", "dataset_map_num_proc"),
+                    ("eval", "test_reward_model_acc_files"), ("eval", "save_delta_scores"),
+                    ("eval", "delta_scores_save_path"))
+
+
 class RunConfig(Section):
+    stage: str | None = Field(None, description=f"the stage to run: {', '.join(STAGES)} (default: data.mode; "
+                              "train_reward_model.py and train_rl.py set it)")
+    sft: SFTConfig | None = Field(None, description="options of the sft stage")
+    reward: RewardConfig | None = Field(None, description="options of the reward stage")
+    dpo: DPOConfig | None = Field(None, description="options of the dpo stage")
+    grpo: GRPOConfig | None = Field(None, description="options of the grpo stage")
     log_interval: int = Field(10, ge=1, description="optimizer steps between metric logs")
     eval_interval: int = Field(500, ge=1, description="optimizer steps between evals (train_and_eval)")
     save_interval: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
@@ -161,14 +194,9 @@ class RunConfig(Section):
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
-
-def dataset_files(value: Datasets) -> list[str]:
-    """The files of an eval dataset key (a path, a list of paths, or {name: path} as in the old configs)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return list(value.values()) if isinstance(value, dict) else list(value)
+    def stage_name(self) -> str:
+        """The stage this config runs: `stage`, else data.mode."""
+        return self.stage or self.data.mode
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -212,7 +240,8 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         raise ConfigError(f"{where}: key {key}: {problem}")
 
     d, t, e = cfg.data, cfg.train, cfg.eval
-    if d.mode == "pretrain" and not d.data:
+    _check_stage(cfg, fail)
+    if cfg.stage_name() in ("pretrain", "sft") and not d.data:
         fail("data.data", "no sources; give {source: glob of shards}")
     for name, pattern in d.data.items() if check_data else ():
         if not (os.path.isdir(pattern) or glob.glob(pattern)):
@@ -251,7 +280,7 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
     for i, method in enumerate(e.methods()):
         if method not in EVAL_METHODS:
             fail(f"eval.eval_methods.{i}", f"'{e.eval_methods[i]}' is not one of {', '.join(EVAL_METHODS)}")
-        key = EVAL_DATASET_KEY[method]
+        key = EVAL_METHODS[method].dataset_key
         files = dataset_files(getattr(e, key))
         if not files:
             fail(f"eval.{key}", f"required by eval method {method}")
@@ -260,6 +289,29 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
                 fail(f"eval.{key}", f"'{path}' does not exist")
     if t.train_and_eval and not e.eval_methods:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
+
+
+def _check_stage(cfg: RunConfig, fail) -> None:
+    """The stage exists in this install, and only its own section and keys are set."""
+    from llms_trainer.train.stages import StageNotAvailable, available_stages, get_stage
+
+    name = cfg.stage_name()
+    key = "stage" if cfg.stage else "data.mode"
+    if name not in STAGES:
+        fail(key, f"'{name}' is not a stage; stages: {', '.join(STAGES)}")
+    try:
+        get_stage(name)
+    except StageNotAvailable as err:
+        fail(key, f"{err}; stages available here: {', '.join(available_stages())}")
+    for stage, section in STAGE_SECTIONS.items():
+        if stage != name and getattr(cfg, section) is not None:
+            fail(section, f"options of the {stage} stage, but this run's stage is {name}: remove the section "
+                 f"or set stage: {stage}")
+    if name != "reward":
+        for section, field in REWARD_ONLY_KEYS:
+            if getattr(getattr(cfg, section), field) not in (None, False):
+                fail(f"{section}.{field}", f"read by the reward stage only (train_reward_model.py); this run's "
+                     f"stage is {name}: remove it")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, check_files: bool = True,
@@ -302,6 +354,17 @@ def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> 
     tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+# keys of the original configs that this trainer accepts but does not need: (section, key, stages reading it)
+COMPATIBILITY_KEYS = (("data", "num_sequences", ()), ("data", "split_by_shard", ()),
+                      ("train", "downscale_weight", ("reward",)), ("data", "dataset_map_num_proc", ()))
+
+
+def compatibility_keys_set(cfg: RunConfig) -> list[str]:
+    """The compatibility-only keys this config sets that its stage ignores (each gets a one-line note)."""
+    return [f"{section}.{key}" for section, key, readers in COMPATIBILITY_KEYS
+            if getattr(getattr(cfg, section), key) not in (None, False) and cfg.stage_name() not in readers]
 
 
 def require_model_source(cfg: RunConfig, model_config: str | None, where: str) -> None:

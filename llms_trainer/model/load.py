@@ -50,30 +50,47 @@ def load_model_config(path: str | Path):
         raise ModelLoadError(f"--model_config: '{path}': {err}") from err
 
 
-def build_model(train, tokenizer, model_config: str | None = None, weights_dir: str | Path | None = None):
+def build_model(train, tokenizer, model_config: str | None = None, weights_dir: str | Path | None = None,
+                auto_class: str = "AutoModelForCausalLM", **config_changes):
     """The model of a run: `weights_dir` (a checkpoint to resume), else train.ckpt, else `model_config`.
 
-    `train` is the `train:` config section. The vocabulary is checked against the tokenizer (resized only
-    when train.resize_model_vocab_size).
+    `train` is the `train:` config section; `auto_class` names the transformers Auto class (the stage's
+    model kind); `config_changes` (e.g. num_labels=1) apply to the model config. The vocabulary is checked
+    against the tokenizer (resized only when train.resize_model_vocab_size).
     """
-    from transformers import AutoModelForCausalLM
+    import transformers
 
+    factory = getattr(transformers, auto_class)
     dtype = DTYPES[train.dtype]
     source, key = (weights_dir, "train.resume") if weights_dir else (train.ckpt, "train.ckpt")
     if source:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype,
-                                                         trust_remote_code=train.trust_remote_code)
+            model = factory.from_pretrained(str(source), dtype=dtype, trust_remote_code=train.trust_remote_code,
+                                            **config_changes)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"{key}: cannot load a causal LM from '{source}' ({err})") from err
+            raise ModelLoadError(f"{key}: cannot load a model ({auto_class}) from '{source}' ({err})") from err
     else:
         config = load_model_config(model_config)
         if train.initializer_range is not None:
             config.initializer_range = train.initializer_range
+        for name, value in config_changes.items():
+            setattr(config, name, value)
         torch.manual_seed(train.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code)
+        model = factory.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code)
     match_vocab(model, tokenizer, train.resize_model_vocab_size)
     return model
+
+
+def build_causal_lm(cfg, tokenizer, model_config: str | None = None, weights_dir: str | Path | None = None):
+    """A causal LM for the run `cfg` (pretraining, SFT, DPO/GRPO policies)."""
+    return build_model(cfg.train, tokenizer, model_config, weights_dir)
+
+
+def build_sequence_classifier(cfg, tokenizer, model_config: str | None = None,
+                              weights_dir: str | Path | None = None):
+    """A 1-label sequence classifier (reward model) whose pad token is the tokenizer's."""
+    return build_model(cfg.train, tokenizer, model_config, weights_dir, auto_class="AutoModelForSequenceClassification",
+                       num_labels=1, pad_token_id=tokenizer.pad_token_id)
 
 
 @contextmanager
@@ -145,8 +162,10 @@ def add_lora(model, train, adapter_dir: str | Path | None = None):
 
     if train.gradient_checkpointing_enable:
         model.enable_input_require_grads()
-    config = LoraConfig(task_type="CAUSAL_LM", r=train.lora_rank, lora_alpha=train.lora_alpha,
-                        lora_dropout=train.lora_dropout, target_modules=list(train.target_modules))
+    classifier = hasattr(model, "score") and not hasattr(model, "lm_head")
+    config = LoraConfig(task_type="SEQ_CLS" if classifier else "CAUSAL_LM", r=train.lora_rank,
+                        lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
+                        target_modules=list(train.target_modules), modules_to_save=["score"] if classifier else None)
     try:
         model = get_peft_model(model, config)
     except ValueError as err:

@@ -4,7 +4,8 @@
         adapter/                     LoRA only: the peft adapter (the HF files hold the merged weights)
         trainer_state/state.json     step, tokens seen, lineage id, number of processes, resolved config
         trainer_state/optimizer.pt   tensors and plain values only (DeepSpeed: trainer_state/deepspeed/)
-        trainer_state/rng_rank<r>.json, data_rank<r>.json   per process, plain JSON
+        trainer_state/rng_rank<r>.json, stage_rank<r>.json  per process, plain JSON (stage_rank: the stage's
+                                     data / rollout position, StageRun.state_dict)
         COMPLETE                     written last; a directory without it is ignored
 
 A checkpoint is written into `checkpoint-<step>.partial/` and renamed when every process has finished, so
@@ -128,6 +129,21 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
+def merged_state_dict(peft_base_state: dict) -> dict:
+    """A LoRA model's state dict (adapters merged in) under the plain model's names.
+
+    Drops the adapter tensors and the frozen copy of each `modules_to_save` module (e.g. a reward head),
+    and names the trained copy and the wrapped base layers as the plain model does, so `from_pretrained`
+    of the saved files gets every trained weight.
+    """
+    out = {}
+    for name, tensor in peft_base_state.items():
+        if "lora_" in name or ".original_module." in name:
+            continue
+        out[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = tensor
+    return out
+
+
 def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Exception]) -> None:
     """HF weights (merged for LoRA, 16-bit gathered under ZeRO-3) + tokenizer; collective.
 
@@ -144,8 +160,7 @@ def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Excepti
             unwrapped.merge_adapter()
             try:
                 base = unwrapped.get_base_model()
-                merged = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
-                base.save_pretrained(str(out), state_dict=merged)
+                base.save_pretrained(str(out), state_dict=merged_state_dict(base.state_dict()))
             finally:
                 unwrapped.unmerge_adapter()
         else:
@@ -155,9 +170,9 @@ def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Excepti
         failures.append(err)
 
 
-def _save_trainer_state(accelerator, model, optimizer, loader, state: dict, out: Path,
+def _save_trainer_state(accelerator, model, optimizer, stage_run, state: dict, out: Path,
                         failures: list[Exception]) -> None:
-    """Optimizer, per-rank RNG and data position; collective under DeepSpeed."""
+    """Optimizer, per-rank RNG and stage state; collective under DeepSpeed."""
     rank = accelerator.process_index
     if failures:  # this process could not write the weights: the collectives below still need it
         if is_deepspeed(accelerator):
@@ -168,7 +183,7 @@ def _save_trainer_state(accelerator, model, optimizer, loader, state: dict, out:
         return
     try:
         _write_json(out / f"rng_rank{rank}.json", rng_state())
-        _write_json(out / f"data_rank{rank}.json", loader.state_dict())
+        _write_json(out / f"stage_rank{rank}.json", stage_run.state_dict())
     except WRITE_ERRORS as err:
         failures.append(err)
     if is_deepspeed(accelerator):
@@ -200,7 +215,7 @@ def parameters_finite(accelerator, model) -> bool:
     return not any_rank(accelerator, bad)
 
 
-def save_checkpoint(accelerator, model, tokenizer, optimizer, loader, state: dict, work_dir: str | Path,
+def save_checkpoint(accelerator, model, tokenizer, optimizer, stage_run, state: dict, work_dir: str | Path,
                     save_total_limit: int | None) -> Path:
     """Write checkpoint-<state['step']> atomically, then rotate this lineage's older ones. All ranks call.
 
@@ -222,7 +237,7 @@ def save_checkpoint(accelerator, model, tokenizer, optimizer, loader, state: dic
             failures.append(err)
     if not any_rank(accelerator, bool(failures)):
         _save_model(accelerator, model, tokenizer, partial, failures)
-        _save_trainer_state(accelerator, model, optimizer, loader, state, partial / STATE_DIR, failures)
+        _save_trainer_state(accelerator, model, optimizer, stage_run, state, partial / STATE_DIR, failures)
     if any_rank(accelerator, bool(failures)):
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
@@ -309,8 +324,8 @@ def check_resumable(checkpoint: Path, accelerator) -> None:
                               "accelerate config, or start fresh (train.resume=none)")
 
 
-def restore_training_state(accelerator, checkpoint: Path, model, optimizer, loader) -> dict:
-    """Load optimizer, this rank's RNG and data position; returns state.json. All ranks call.
+def restore_training_state(accelerator, checkpoint: Path, model, optimizer, stage_run) -> dict:
+    """Load optimizer, this rank's RNG and stage state (data position); returns state.json. All ranks call.
 
     The weights themselves are loaded before `prepare` (from the checkpoint's HF files, or its adapter),
     except under DeepSpeed whose engine checkpoint restores exact weights and optimizer together.
@@ -325,7 +340,7 @@ def restore_training_state(accelerator, checkpoint: Path, model, optimizer, load
                                   load_lr_scheduler_states=False)
         else:
             optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-        loader.load_state_dict(json.loads((folder / f"data_rank{rank}.json").read_text(encoding="utf-8")))
+        stage_run.load_state_dict(json.loads((folder / f"stage_rank{rank}.json").read_text(encoding="utf-8")))
         set_rng_state(json.loads((folder / f"rng_rank{rank}.json").read_text(encoding="utf-8")))
     except CheckpointError:
         raise

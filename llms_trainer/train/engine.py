@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from llms_trainer.config import ConfigError, RunConfig
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, agreed, stop_if_any
-from llms_trainer.train.stages import Stage
+from llms_trainer.train.stages import Stage, StageContext, StageRun, Stats
 
 BETAS = (0.9, 0.95)
 # Dense bf16 peak FLOP/s by GPU name fragment, for MFU when train.peak_flops_per_device is not given.
@@ -140,29 +139,24 @@ def peak_flops(train, precision: str) -> float | None:
 
 
 class _StepClock:
-    """Tokens and wall time since the last log, excluding time spent in evals and saves."""
+    """Tokens, rows and wall time since the last log, excluding time spent in evals and saves."""
 
     def __init__(self):
-        self.start, self.paused, self.tokens = time.perf_counter(), 0.0, 0
+        self.start, self.paused, self.tokens, self.rows = time.perf_counter(), 0.0, 0, 0
 
     def pause(self, seconds: float) -> None:
         self.paused += seconds
 
-    def rate(self) -> float:
+    def add(self, tokens: int, rows: int) -> None:
+        self.tokens += tokens
+        self.rows += rows
+
+    def rate(self) -> tuple[float, float]:
+        """(tokens per second, mean tokens per row) since the last call (this process)."""
         elapsed = max(1e-9, time.perf_counter() - self.start - self.paused)
-        tokens = self.tokens
-        self.start, self.paused, self.tokens = time.perf_counter(), 0.0, 0
-        return tokens / elapsed
-
-
-def _take(iterator, n: int) -> list[dict]:
-    """The next n micro-batches (fewer at the end of the data)."""
-    out = []
-    for batch in iterator:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
+        rate, per_row = self.tokens / elapsed, self.tokens / max(1, self.rows)
+        self.start, self.paused, self.tokens, self.rows = time.perf_counter(), 0.0, 0, 0
+        return rate, per_row
 
 
 def _reduce(accelerator, values: list[float]) -> list[float]:
@@ -178,46 +172,72 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _fetch_step(batches: Iterator, n: int, stage: Stage, accelerator) -> tuple[list[dict], float, float, bool]:
-    """(micro-batches, target items, tokens, short) of the next step, agreed over processes.
+def _fetch_step(run: StageRun, n: int, accelerator) -> tuple[list[dict], float, float, bool]:
+    """(micro-batches, loss items, tokens, short) of the next step, agreed over processes.
 
     A data error on any process (a corrupt shard met mid-run) stops every process here, together.
     """
     error, micro = None, []
     try:
-        micro = _take(batches, n)
+        micro = run.next_step(n)
     except USER_ERRORS as err:
         error = err
     items, tokens, short, failed = _reduce(accelerator, [
-        sum(stage.count_items(b) for b in micro), sum(stage.count_tokens(b) for b in micro),
+        sum(run.count_items(b) for b in micro), sum(run.count_tokens(b) for b in micro),
         float(len(micro) < n), float(error is not None)])
     stop_if_any(accelerator, error if failed else None)
     return micro, items, tokens, bool(short)
 
 
-def optimizer_step(stage: Stage, model, micro: list[dict], items: float, accelerator, optimizer,
-                   trainable: list, max_grad_norm: float | None, step: int, last_checkpoint) -> tuple[float, object]:
-    """One optimizer step over this process's micro-batches; returns (mean loss over all processes, grad norm).
+def _as_tensor(value, device) -> torch.Tensor:
+    return (value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))).to(device,
+                                                                                                    torch.float64)
 
-    `items` is the number of loss items (target tokens) in the whole step on all processes. The loss is
-    summed on the device and checked once per step (one all-reduce, one host sync), before the last
-    backward: DeepSpeed steps inside that backward, so a non-finite loss never reaches the weights.
+
+def _add_step_sums(sums: dict[str, torch.Tensor], loss: torch.Tensor, stats: Stats, device) -> None:
+    """Accumulate the micro-batch's loss and (sum, count) statistics on the device (no host sync)."""
+    sums["loss"] = sums.get("loss", 0) + loss.detach().double()
+    for name, (total, count) in stats.items():
+        pair = torch.stack([_as_tensor(total, device).reshape(()), _as_tensor(count, device).reshape(())])
+        sums[name] = sums.get(name, 0) + pair
+
+
+def _reduce_step_sums(sums: dict[str, torch.Tensor], accelerator) -> dict[str, list[float]]:
+    """One all-reduce (and one host sync) of the step's loss and statistics over all processes."""
+    names = sorted(sums)
+    flat = torch.cat([sums[n].reshape(-1) for n in names])
+    if accelerator.num_processes > 1:
+        flat = accelerator.reduce(flat, reduction="sum")
+    values, out, i = flat.tolist(), {}, 0
+    for name in names:
+        width = sums[name].numel()
+        out[name], i = values[i:i + width], i + width
+    return out
+
+
+def optimizer_step(run: StageRun, model, micro: list[dict], items: float, accelerator, optimizer,
+                   trainable: list, max_grad_norm: float | None, step: int, last_checkpoint
+                   ) -> tuple[float, dict[str, float], object]:
+    """One optimizer step over this process's micro-batches: (mean loss, statistics, grad norm), all processes.
+
+    `items` is the number of loss items in the whole step on all processes. Loss and statistics are summed
+    on the device and reduced once per step, before the last backward: DeepSpeed steps inside that backward,
+    so a non-finite loss never reaches the weights.
     """
     scale = accelerator.num_processes * len(micro) / items  # undoes accelerate's / accumulation and DDP's mean
-    local_sum, grad_norm, step_loss = None, None, 0.0
+    sums: dict[str, torch.Tensor] = {}
+    grad_norm, reduced = None, {}
     for i, batch in enumerate(micro):
         batch = _to_device(batch, accelerator.device)
         with accelerator.accumulate(model):
-            loss = stage.loss_sum(model, batch)
-            local_sum = loss.detach().double() if local_sum is None else local_sum + loss.detach().double()
+            loss, stats = run.loss(model, batch)
+            _add_step_sums(sums, loss, stats, accelerator.device)
             if i == len(micro) - 1:
-                global_sum = float(accelerator.reduce(local_sum, reduction="sum")) if accelerator.num_processes > 1 \
-                    else float(local_sum)
-                step_loss = global_sum / items
-                if not math.isfinite(global_sum):
+                reduced = _reduce_step_sums(sums, accelerator)
+                if not math.isfinite(reduced["loss"][0]):
                     raise NonFiniteError(
-                        f"loss is {global_sum} at step {step + 1} (on at least one process); stopped every "
-                        f"process before the update. Last good checkpoint: {last_checkpoint or 'none'}. "
+                        f"loss is {reduced['loss'][0]} at step {step + 1} (on at least one process); stopped "
+                        f"every process before the update. Last good checkpoint: {last_checkpoint or 'none'}. "
                         "Lower train.lr, check the data, or resume from that checkpoint.")
             accelerator.backward(loss * scale)
             if accelerator.sync_gradients:
@@ -230,34 +250,55 @@ def optimizer_step(stage: Stage, model, micro: list[dict], items: float, acceler
             f"such weights. Last good checkpoint: {last_checkpoint or 'none'}. Lower train.lr or check the data.")
     optimizer.step()  # the last micro-batch ended at a sync boundary, so this steps (a no-op under DeepSpeed)
     optimizer.zero_grad(set_to_none=True)
-    return step_loss, grad_norm
+    stats = {name: total / count for name, (total, count) in
+             ((n, v) for n, v in reduced.items() if n != "loss") if count}
+    return reduced["loss"][0] / items, stats, grad_norm
 
 
-def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, evals, logger,
-          resume_from: Path | None = None, lineage: str | None = None) -> TrainResult:
+class _Interval:
+    """Means over the steps of one log interval: loss and each statistic."""
+
+    def __init__(self):
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, loss: float, stats: dict[str, float]) -> None:
+        for name, value in {"loss": loss, **stats}.items():
+            self.values.setdefault(name, []).append(value)
+
+    def means(self) -> dict[str, float]:
+        means = {f"train/{n}": sum(v) / len(v) for n, v in self.values.items()}
+        self.values.clear()
+        return means
+
+
+def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, evals, logger,
+          resume_from: Path | None = None, lineage: str | None = None,
+          model_config: str | None = None) -> TrainResult:
     """Train `model` until num_training_steps (or the data ends); every process calls this.
 
-    `lineage` is the run's lineage id, stored in every checkpoint (see llms_trainer.train.workdir).
+    `data` is what the stage's build_train_data returned; `lineage` the run's lineage id, stored in every
+    checkpoint (see llms_trainer.train.workdir).
     """
     t = cfg.train
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
     scheduler = make_scheduler(optimizer, t)  # stepped here from the step count: never prepared or saved
     configure_deepspeed(accelerator, t)
     model, prepared_optimizer = accelerator.prepare(model, optimizer)
+    run = stage.start(cfg, StageContext(model, tokenizer, accelerator, data, model_config))
     step = tokens_seen = 0
     if resume_from is not None:
         with agreed(accelerator):
-            saved = ckpt.restore_training_state(accelerator, resume_from, model, prepared_optimizer, loader)
+            saved = ckpt.restore_training_state(accelerator, resume_from, model, prepared_optimizer, run)
         step, tokens_seen = saved["step"], saved["tokens_seen"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
     set_schedule_step(scheduler, step)
     logger.start_at(step)
     result = TrainResult(step=step, last_checkpoint=resume_from)
-    last_saved, last_eval = (step if resume_from is not None else -1), -1
+    last_saved, last_eval, save_due = (step if resume_from is not None else -1), -1, False
     trainable = [p for p in model.parameters() if p.requires_grad]
     flops_param, flops_attn = flops_per_token(accelerator.unwrap_model(model))
     peak = peak_flops(t, accelerator.mixed_precision)
-    clock, last_plot, interval_losses, grad_norm, lr_used = _StepClock(), time.time(), [], None, t.lr
+    clock, interval, last_plot, grad_norm, lr_used = _StepClock(), _Interval(), time.time(), None, t.lr
     bar = tqdm(total=t.num_training_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc="train", dynamic_ncols=True)
 
@@ -266,20 +307,17 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
             bar.write(message)
 
     def log_interval() -> None:
-        tokens_per_s = clock.rate()
-        metrics = {"train/loss": sum(interval_losses) / len(interval_losses), "train/lr": lr_used,
-                   "train/tokens_per_s": tokens_per_s, "train/tokens_seen": tokens_seen}
+        tokens_per_s, row_length = clock.rate()
+        metrics = {**interval.means(), "train/lr": lr_used, "train/tokens_per_s": tokens_per_s,
+                   "train/tokens_seen": tokens_seen}
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         if peak:
-            flops = flops_param + flops_attn * cfg.data.seq_length
+            flops = flops_param + flops_attn * row_length
             metrics["train/mfu"] = tokens_per_s * flops / (peak * accelerator.num_processes)
-        for source, row in loader.report().items():
-            metrics[f"data/{source}/share"] = row["share"]
-            metrics[f"data/{source}/epochs"] = row["epochs"]
+        metrics.update(run.report())
         logger.log(step, metrics)
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
-        interval_losses.clear()
 
     def run_evals() -> None:
         started = time.perf_counter()
@@ -296,7 +334,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         started = time.perf_counter()
         state = {"step": step, "tokens_seen": tokens_seen, "lineage": lineage, "config": cfg.model_dump(mode="json")}
         try:
-            path = ckpt.save_checkpoint(accelerator, model, tokenizer, prepared_optimizer, loader, state,
+            path = ckpt.save_checkpoint(accelerator, model, tokenizer, prepared_optimizer, run, state,
                                         cfg.work_dir, t.save_total_limit)
         except NonFiniteError as err:
             raise NonFiniteError(f"{err}. Last good checkpoint: {result.last_checkpoint or 'none'}. Lower "
@@ -306,23 +344,23 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
         clock.pause(time.perf_counter() - started)
 
     try:
-        batches = iter(loader)
         model.train()
         while step < t.num_training_steps:
-            micro, items, tokens, short = _fetch_step(batches, t.gradient_accumulation_steps, stage, accelerator)
+            micro, items, tokens, short = _fetch_step(run, t.gradient_accumulation_steps, accelerator)
             if short or items == 0:  # every process stops together
                 result.stop_reason = ("training data exhausted (train.num_training_epochs)" if short
-                                      else "a step without any target token (check data.seq_length)")
+                                      else "a step without any loss item (check data.seq_length)")
                 break
             lr_used = optimizer.param_groups[0]["lr"]
-            loss, grad_norm = optimizer_step(stage, model, micro, items, accelerator, prepared_optimizer, trainable,
-                                             t.max_grad_norm, step, result.last_checkpoint)
+            loss, stats, grad_norm = optimizer_step(run, model, micro, items, accelerator, prepared_optimizer,
+                                                    trainable, t.max_grad_norm, step, result.last_checkpoint)
             step += 1
             set_schedule_step(scheduler, step)
             tokens_seen += int(tokens)
-            clock.tokens += int(tokens)
+            clock.add(int(tokens), accelerator.num_processes * sum(len(b["input_ids"]) for b in micro
+                                                                   if "input_ids" in b))
             result.losses[step] = loss
-            interval_losses.append(loss)
+            interval.add(loss, stats)
             bar.update(1)
             if step % cfg.log_interval == 0:
                 log_interval()
@@ -332,11 +370,12 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, loader, e
             if t.train_and_eval and step % cfg.eval_interval == 0:
                 run_evals()
                 last_eval = step
-            if step % cfg.save_interval == 0 and step < t.num_training_steps:
+            save_due = save_due or (step % cfg.save_interval == 0 and step < t.num_training_steps)
+            if save_due and run.can_save():  # a rollout stage saves between rollouts only
                 save()
-                last_saved = step
+                last_saved, save_due = step, False
         result.step = step
-        if interval_losses:
+        if interval.values:
             log_interval()
         if t.train_and_eval and evals and last_eval != step:
             run_evals()

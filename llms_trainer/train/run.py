@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from llms_trainer.config import ConfigError, RunConfig, dump_config, load_config, require_model_source
+from llms_trainer.config import (
+    ConfigError,
+    RunConfig,
+    compatibility_keys_set,
+    dump_config,
+    load_config,
+    require_model_source,
+)
 from llms_trainer.model.load import (
-    build_model,
     count_parameters,
     load_tokenizer,
     prepare_for_training,
@@ -16,20 +22,15 @@ from llms_trainer.model.load import (
 from llms_trainer.train import engine, workdir
 from llms_trainer.train.checkpoint import check_resumable, resolve_resume
 from llms_trainer.train.errors import agreed
-from llms_trainer.train.stages import Stage
+from llms_trainer.train.stages import Stage, StageNotAvailable, get_stage
 
 
 def stage_for(cfg: RunConfig, where: str) -> Stage:
-    """The stage named by data.mode."""
-    if cfg.data.mode == "pretrain":
-        from llms_trainer.train.stages.pretrain import PRETRAIN
-
-        return PRETRAIN
+    """The registered stage this config runs (config validation has checked that it exists)."""
     try:
-        from llms_trainer.train.stages.sft import SFT
-    except ImportError as err:
-        raise ConfigError(f"{where}: key data.mode: the sft stage is not available in this install ({err})") from err
-    return SFT
+        return get_stage(cfg.stage_name())
+    except (KeyError, StageNotAvailable) as err:
+        raise ConfigError(f"{where}: key stage: {err}") from err
 
 
 def run(config_path: str | Path, overrides: list[str] | None = None, model_config: str | None = None,
@@ -77,7 +78,7 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
             accelerator.init_trackers(Path(cfg.work_dir).name, config=_flat(cfg.model_dump(mode="json")))
         try:
             return engine.train(cfg, stage, model, tokenizer, accelerator, loader, evals, logger, resume_from,
-                                lineage)
+                                lineage, model_config)
         finally:
             accelerator.end_training()
     finally:
@@ -98,13 +99,11 @@ def _build(cfg: RunConfig, stage: Stage, accelerator, resume_from: Path | None, 
         raise ConfigError(f"{where}: key eval: {err}") from err
     use_adapter = resume_from is not None and cfg.train.use_lora
     with zero3_init_as_configured(accelerator):
-        model = build_model(cfg.train, tokenizer, model_config,
-                            weights_dir=resume_from if resume_from is not None and not use_adapter else None)
+        model = stage.build_model(cfg, tokenizer, model_config,
+                                  weights_dir=resume_from if resume_from is not None and not use_adapter else None)
     model = prepare_for_training(model, cfg.train, adapter_dir=resume_from / "adapter" if use_adapter else None)
-    for key, value in (("train.downscale_weight", cfg.train.downscale_weight),
-                       ("data.split_by_shard", cfg.data.split_by_shard)):
-        if value:
-            accelerator.print(f"note: {key} is accepted for compatibility and has no effect in this trainer")
+    for key in compatibility_keys_set(cfg):
+        accelerator.print(f"note: {key} is accepted for compatibility and has no effect in this trainer")
     return tokenizer, loader, evals, model
 
 

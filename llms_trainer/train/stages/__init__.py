@@ -1,32 +1,151 @@
-"""Training stages: each says how to build its batches, its loss and its evals; the engine does the rest.
+"""Training stages as plugins of the one engine: the registry and the contract.
 
-A stage is a `Stage` value holding plain functions (no base classes):
+A stage is one module of plain functions exposing `STAGE = Stage(...)`; `REGISTRY` maps its name to that
+module (imported only when the stage runs). The engine knows nothing stage-specific:
 
-- `build_train_data(cfg, tokenizer, accelerator)` → a loader: iterable of micro-batches (dicts of tensors)
-  for this rank with `state_dict()` / `load_state_dict()` (exact resume) and `report()` (per-source shares);
-- `loss_sum(model, batch)` → the SUM of per-item losses of one micro-batch (a 0-dim tensor);
-- `count_items(batch)` → how many items that sum covers (target tokens for language modelling), so the
-  engine can average over the whole optimizer step on every rank (accumulation- and DDP-invariant);
-- `count_tokens(batch)` → input tokens (throughput);
-- `build_evals(cfg, tokenizer, accelerator)` → callables `(model, step) -> {metric: float}`.
+- `build_model(cfg, tokenizer, model_config, weights_dir)` → the model to train (causal LM or a 1-label
+  sequence classifier), before LoRA/freezing (applied by the run);
+- `build_train_data(cfg, tokenizer, accelerator)` → this rank's data (any object; handed to `start`);
+- `build_evals(cfg, tokenizer, accelerator)` → callables `(model, step) -> {metric: float}`;
+- `start(cfg, ctx)` → after `accelerator.prepare`, a run object (`StageRun`) with:
+    `next_step(n)`: the micro-batches of the next optimizer step (normally n; fewer means the data ended).
+        A rollout stage may generate once and then hand out several optimisation passes.
+    `loss(model, batch)`: `(loss_sum, stats)`: the SUM of per-item losses of one micro-batch and
+        `{name: (sum, count)}` statistics; the engine logs `train/<name>` = Σsum / Σcount over the step's
+        micro-batches and all processes (one all-reduce per step), averaged over the steps of a log interval.
+        Every micro-batch returns the same stat names.
+    `count_items(batch)` / `count_tokens(batch)`: loss items (the loss of a step is Σloss_sum / Σitems over
+        all processes) and input tokens (throughput);
+    `state_dict()` / `load_state_dict(state)`: JSON-able state for exact resume (data position, rollout
+        position, sampling generator);
+    `can_save()`: whether a checkpoint may be written now (a rollout stage: only between rollouts);
+    `report()`: `{metric: float}` logged with the training metrics (e.g. per-source shares).
+
+`loader_run` gives the run object of a stage that just streams batches from a resumable loader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
+Stats = dict[str, tuple[Any, Any]]
+
+# name → module holding STAGE; config validation reads the names without importing anything heavy
+REGISTRY: dict[str, str] = {
+    "pretrain": "llms_trainer.train.stages.pretrain",
+    "sft": "llms_trainer.train.stages.sft",
+    "reward": "llms_trainer.train.stages.reward",
+    "dpo": "llms_trainer.train.stages.dpo",
+    "grpo": "llms_trainer.train.stages.grpo",
+}
+
+
+@dataclass
+class StageContext:
+    """What a stage's `start` receives after `accelerator.prepare`."""
+
+    model: Any              # the prepared model (DDP / DeepSpeed engine): call it for the loss
+    tokenizer: Any
+    accelerator: Any
+    data: Any               # what build_train_data returned
+    model_config: str | None = None
+
+
+class StageRun(Protocol):
+    def next_step(self, n: int) -> list[dict]: ...
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, Stats]: ...
+    def count_items(self, batch: dict) -> int: ...
+    def count_tokens(self, batch: dict) -> int: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def can_save(self) -> bool: ...
+    def report(self) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
+    build_model: Callable[..., torch.nn.Module]
     build_train_data: Callable[[Any, Any, Any], Any]
-    loss_sum: Callable[[torch.nn.Module, dict], torch.Tensor]
-    count_items: Callable[[dict], int]
-    count_tokens: Callable[[dict], int]
     build_evals: Callable[[Any, Any, Any], list[Evaluator]]
+    start: Callable[[Any, StageContext], StageRun]
+
+
+class StageNotAvailable(ImportError):
+    """A registered stage whose module is not present in this install."""
+
+
+def get_stage(name: str) -> Stage:
+    """The registered stage `name` (its module is imported now)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(REGISTRY)}")
+    try:
+        module = importlib.import_module(REGISTRY[name])
+    except ImportError as err:
+        raise StageNotAvailable(f"the {name} stage cannot be imported ({err})") from err
+    stage = getattr(module, "STAGE", None)
+    if not isinstance(stage, Stage):
+        raise StageNotAvailable(f"the {name} stage is not available in this install")
+    return stage
+
+
+def available_stages() -> list[str]:
+    """Names of the registered stages this install can run."""
+    names = []
+    for name in REGISTRY:
+        try:
+            get_stage(name)
+        except StageNotAvailable:
+            continue
+        names.append(name)
+    return names
+
+
+class LoaderRun:
+    """The run object of a stage that streams micro-batches from a resumable loader (pretrain, SFT, ...).
+
+    `loss_fn(model, batch) -> (loss_sum, stats)`; the loader has `state_dict`, `load_state_dict`, `report`.
+    """
+
+    def __init__(self, loader, loss_fn: Callable, count_items: Callable[[dict], int],
+                 count_tokens: Callable[[dict], int]):
+        self.loader, self.loss, self.count_items, self.count_tokens = loader, loss_fn, count_items, count_tokens
+        self._batches: Iterator[dict] | None = None
+
+    def next_step(self, n: int) -> list[dict]:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        out = []
+        for batch in self._batches:
+            out.append(batch)
+            if len(out) == n:
+                break
+        return out
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+    def can_save(self) -> bool:
+        return True
+
+    def report(self) -> dict[str, float]:
+        metrics = {}
+        for source, row in self.loader.report().items():
+            for key, value in row.items():
+                if isinstance(value, (int, float)):
+                    metrics[f"data/{source}/{key}"] = float(value)
+        return metrics
+
+
+def loader_run(loader, loss_fn: Callable, count_items: Callable[[dict], int],
+               count_tokens: Callable[[dict], int]) -> LoaderRun:
+    return LoaderRun(loader, loss_fn, count_items, count_tokens)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from llms_trainer.config import EVAL_DATASET_KEY, RunConfig, dataset_files
+from llms_trainer.config import RunConfig
 from llms_trainer.data.mixing import load_policy, natural_weights
 from llms_trainer.data.packing import IGNORE_INDEX
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader
 from llms_trainer.data.shards import list_shards
-from llms_trainer.train.stages import Evaluator, Stage
+from llms_trainer.evaluation.methods import build_evaluators
+from llms_trainer.model.load import build_causal_lm
+from llms_trainer.train.stages import LoaderRun, Stage, StageContext
 
 
 def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> ResumableLoader:
@@ -33,12 +33,25 @@ def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
+def model_inputs(batch: dict) -> dict:
+    """The forward arguments of an LM batch (position_ids when the rows carry them)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    return inputs
+
+
 def loss_sum(model, batch: dict) -> torch.Tensor:
     """Summed next-token cross-entropy over the labelled positions of a micro-batch (fp32 logits)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = model(**model_inputs(batch)).logits
     targets = shifted_targets(batch["labels"])
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
                            reduction="sum")
+
+
+def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """(summed next-token loss, no extra statistics): the loss of every causal-LM stage."""
+    return loss_sum(model, batch), {}
 
 
 def count_items(batch: dict) -> int:
@@ -51,32 +64,14 @@ def count_tokens(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list[Evaluator]:
+def build_evals(cfg: RunConfig, tokenizer, accelerator):
     """One callable per eval method; the files are read now, so a bad record fails before training."""
-    from llms_trainer.evaluation.generation import evaluate_generation, load_generation_prompts
-    from llms_trainer.evaluation.nll import evaluate_nll, load_nll_texts
-    from llms_trainer.evaluation.single_choice import evaluate_single_choice, load_single_choice
-
-    e = cfg.eval
-    evals: list[Evaluator] = []
-    for method in e.methods():
-        files = dataset_files(getattr(e, EVAL_DATASET_KEY[method]))
-        if method == "single_choice_eval":
-            questions = [q for path in files for q in load_single_choice(path)]
-            evals.append(lambda model, step, qs=questions: evaluate_single_choice(
-                model, tokenizer, qs, accelerator, few_shot_prefix=e.few_shot_prefix, batch_size=e.batch_size))
-        elif method == "generation_eval":
-            prompts = [p for path in files for p in load_generation_prompts(path)]
-            save_dir = Path(e.generation_eval_save_path or Path(cfg.work_dir) / "generation_eval")
-            evals.append(lambda model, step, ps=prompts, out=save_dir: evaluate_generation(
-                model, tokenizer, ps, accelerator, max_new_tokens=e.max_new_tokens, save_dir=out, step=step,
-                batch_size=e.batch_size))
-        elif method == "nll_eval":
-            texts = [t for path in files for t in load_nll_texts(path)]
-            evals.append(lambda model, step, ts=texts: evaluate_nll(
-                model, tokenizer, ts, accelerator, seq_length=cfg.data.seq_length, batch_size=e.batch_size))
-    return evals
+    return build_evaluators(cfg, tokenizer, accelerator)
 
 
-PRETRAIN = Stage(name="pretrain", build_train_data=build_train_data, loss_sum=loss_sum, count_items=count_items,
-                 count_tokens=count_tokens, build_evals=build_evals)
+def start(cfg: RunConfig, ctx: StageContext) -> LoaderRun:
+    return LoaderRun(ctx.data, lm_loss, count_items, count_tokens)
+
+
+STAGE = Stage(name="pretrain", build_model=build_causal_lm, build_train_data=build_train_data,
+              build_evals=build_evals, start=start)
