@@ -5,7 +5,7 @@ model-proto level: new pieces are appended after the old ones, so every old id k
 scores sit below every base score, so the base's merges keep priority (BPE merges follow piece order).
 A new piece that the merged model can never produce from its own text (a BPE merge path blocked by base
 merges) is dropped, so every appended piece encodes to its own id. The output is an HF tokenizer dir that
-also holds the merged `tokenizer.model`.
+also holds the merged `tokenizer.model` and follows the BOS and pad conventions of `save.py`.
 
 HF fast bases without a SentencePiece model get the new pieces as added tokens ("▁" turned into a space and
 stripped), skipping empty or whitespace-only strings, duplicates, and strings the base already encodes as
@@ -23,9 +23,9 @@ from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from llms_trainer.tokenizer import TokenizerError, new_output_dir
+from llms_trainer.tokenizer.save import SP_MODEL, conform_tokenizer, save_tokenizer
 from llms_trainer.tokenizer.train import texts_from_file
 
-SP_MODEL = "tokenizer.model"
 REPORT = "merge_report.json"
 Piece = sp_pb2.ModelProto.SentencePiece
 APPENDABLE = (Piece.NORMAL, Piece.USER_DEFINED)  # never control, unknown, byte or unused pieces
@@ -122,8 +122,8 @@ def _special_tokens(proto: sp_pb2.ModelProto) -> dict:
 def write_sp_tokenizer(merged: sp_pb2.ModelProto, base_dir: Path | None, out: Path) -> int:
     """Write tokenizer.model and the HF files into `out`; returns the HF tokenizer's size.
 
-    An HF base dir lends its tokenizer_config.json (class, special tokens, BOS habit); a bare `.model` becomes a
-    LlamaTokenizer that adds BOS, as Llama/Mistral checkpoints do.
+    An HF base dir lends its tokenizer_config.json (class, special tokens); a bare `.model` becomes a
+    LlamaTokenizer with the proto's unk/bos/eos. Both follow the BOS and pad conventions of `save`.
     """
     from transformers import LlamaTokenizer
 
@@ -134,13 +134,12 @@ def write_sp_tokenizer(merged: sp_pb2.ModelProto, base_dir: Path | None, out: Pa
                 (out / name).write_bytes((base_dir / name).read_bytes())
         tokenizer = _load_hf(out)
     else:
-        specials = _special_tokens(merged)
-        tokenizer = LlamaTokenizer.from_pretrained(str(out), add_bos_token=specials["bos_token"] is not None,
-                                                   **specials)
-    tokenizer.save_pretrained(str(out))
+        tokenizer = LlamaTokenizer.from_pretrained(str(out), **_special_tokens(merged))
     pieces = [p.piece for p in merged.pieces]
     if tokenizer.convert_ids_to_tokens(list(range(len(pieces)))) != pieces or len(tokenizer) != len(pieces):
         raise TokenizerError(f"the HF tokenizer built from the merged model disagrees with its {len(pieces)} pieces")
+    conform_tokenizer(tokenizer)
+    save_tokenizer(tokenizer, out, source_dir=out)
     return len(tokenizer)
 
 
@@ -164,6 +163,7 @@ def merge_sentencepiece(base_proto: sp_pb2.ModelProto, add: sp_pb2.ModelProto, b
     after = spm.SentencePieceProcessor(model_proto=merged.SerializeToString())
     return {"kind": "sentencepiece", "base_size": len(base_proto.pieces), "added": len(appended),
             "skipped_existing": skipped, "dropped_unreachable": dropped, "final_size": final_size,
+            "pad_token": _load_hf(out).pad_token,
             "before": chars_per_token(before.encode, texts), "after": chars_per_token(after.encode, texts),
             "added_sample": appended[:20]}
 
@@ -186,10 +186,11 @@ def merge_hf(base_dir: Path, add: sp_pb2.ModelProto, out: Path, texts: list[str]
     candidates = hf_candidates(add)
     new = [t for t in candidates if len(tokenizer.encode(t, add_special_tokens=False)) != 1]
     tokenizer.add_tokens(new)
-    tokenizer.save_pretrained(str(out))
-    return {"kind": "hf_tokens", "base_size": base_size, "added": len(tokenizer) - base_size,
+    special_added = conform_tokenizer(tokenizer)
+    save_tokenizer(tokenizer, out)
+    return {"kind": "hf_tokens", "base_size": base_size, "added": len(new),
             "skipped_existing": len(candidates) - len(new), "dropped_unreachable": 0, "final_size": len(tokenizer),
-            "before": before,
+            "pad_token": tokenizer.pad_token, "special_added": special_added, "before": before,
             "after": chars_per_token(lambda t: tokenizer.encode(t, add_special_tokens=False), texts),
             "added_sample": new[:20]}
 
@@ -227,5 +228,6 @@ def report_lines(report: dict) -> list[str]:
         lines.append(f"characters per token on {report['report_text']}: {report['before']['chars_per_token']} "
                      f"before, {report['after']['chars_per_token']} after "
                      f"({report['before']['tokens']} -> {report['after']['tokens']} tokens)")
+    lines.append(f"pad token {report['pad_token']!r}")
     lines.append(f"wrote {report['output']} (HF tokenizer + {REPORT})")
     return lines

@@ -62,7 +62,7 @@ def test_chinese_gets_shorter_and_english_is_unchanged(tiny_tokenizer_dir, merge
     before = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     after = AutoTokenizer.from_pretrained(str(merged_dir))
     for text in ENGLISH:
-        assert after.encode(text) == before.encode(text)
+        assert after.encode(text) == [after.bos_token_id] + before.encode(text, add_special_tokens=False)
     report = json.loads((merged_dir / "merge_report.json").read_text(encoding="utf-8"))
     assert report["final_size"] == report["base_size"] + report["added"] == len(after)
     assert report["report_text"] == str(held_out_zh)
@@ -108,10 +108,13 @@ def test_hf_fast_base_gets_new_pieces_as_clean_unique_tokens(tmp_path, zh_model_
     base = AutoTokenizer.from_pretrained(str(tmp_path / "base"))
     report = merge_tokenizer(tmp_path / "base", zh_model_path, tmp_path / "out")
     merged = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
-    assert report["kind"] == "hf_tokens" and report["final_size"] == len(merged) == len(base) + report["added"]
+    assert report["kind"] == "hf_tokens" and report["final_size"] == len(merged) == len(base) + report["added"] + 1
+    assert report["special_added"] == ["<|pad|>"] == [merged.pad_token]  # no unk to reuse: a pad of its own
+    assert merged.convert_ids_to_tokens(len(merged) - 1) == "<|pad|>" and merged.bos_token is None
     ids = list(range(len(base)))
     assert merged.convert_ids_to_tokens(ids) == base.convert_ids_to_tokens(ids)
-    added = [merged.convert_ids_to_tokens(i) for i in range(len(base), len(merged))]
+    assert not (tmp_path / "out" / "tokenizer.model").exists()  # not a SentencePiece tokenizer
+    added = [merged.convert_ids_to_tokens(i) for i in range(len(base), len(merged) - 1)]
     assert len(added) > 50 and len(set(added)) == len(added)
     assert all(t.strip() == t and t for t in added)
     assert "数据" not in added  # already one token in the base
@@ -146,3 +149,4 @@ def test_bad_inputs_write_nothing(tmp_path, tiny_tokenizer_dir, zh_model_path, m
     with pytest.raises(TokenizerError, match="merge into the plain SentencePiece model first"):
         merge_tokenizer(tmp_path / "with_chat", zh_model_path, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_tokenizer", "notes.txt", "uni.model", "with_chat"]
+
