@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
@@ -150,3 +151,39 @@ def test_bad_inputs_write_nothing(tmp_path, tiny_tokenizer_dir, zh_model_path, m
         merge_tokenizer(tmp_path / "with_chat", zh_model_path, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_tokenizer", "notes.txt", "uni.model", "with_chat"]
 
+
+def _add_model(path, base: sp_pb2.ModelProto, pieces: list[str]) -> None:
+    """A BPE .model holding `pieces` in rank order (scores -1, -2, ...), with the base's settings."""
+    proto = sp_pb2.ModelProto()
+    proto.CopyFrom(base)
+    del proto.pieces[:]
+    proto.pieces.add(piece="<unk>", score=0, type=Piece.UNKNOWN)
+    for rank, piece in enumerate(pieces, 1):
+        proto.pieces.add(piece=piece, score=-rank, type=Piece.NORMAL)
+    path.write_bytes(proto.SerializeToString())
+
+
+def test_tokenizer_model_and_json_agree_when_the_base_scores_a_piece_minus_1e9(tmp_path):
+    # Mistral scores its whitespace pieces -1e9. Near -1e9 float32 steps are 64 apart, so "trained score +
+    # shift" tied new pieces; and transformers ranks converted merges by id, SentencePiece by score.
+    base = _toy_bpe(["ab", "bc", "▁", "a", "b", "c"])
+    base.normalizer_spec.add_dummy_prefix = True
+    base.trainer_spec.bos_id = base.trainer_spec.eos_id = -1
+    base.pieces[1].score = -1e9  # "ab": id before "bc", score below it
+    (tmp_path / "base.model").write_bytes(base.SerializeToString())
+    _add_model(tmp_path / "add.model", base, ["人不", "别人", "不敢", "别", "人", "不", "敢"])
+    texts = ["abc", "别人不敢", "abc别人不敢 bcab", "ab 别人 不敢 c"]
+    (tmp_path / "held_out.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    report = merge_tokenizer(tmp_path / "base.model", tmp_path / "add.model", tmp_path / "out",
+                             tmp_path / "held_out.txt")
+    new_scores = [p.score for p in read_proto(tmp_path / "out" / "tokenizer.model").pieces[len(base.pieces):]]
+    assert len(new_scores) == 7 and new_scores[0] < -1e9
+    assert all(a > b for a, b in zip(new_scores, new_scores[1:], strict=False))  # distinct, in trained order
+    assert all(float(np.float32(s)) == s for s in new_scores)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "out" / "tokenizer.model"))
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    for text in texts:
+        assert hf.encode(text, add_special_tokens=False) == sp.encode(text), text
+    assert hf.tokenize("abc") == ["▁", "a", "bc"]  # the base's scores rank merges, not its ids
+    assert hf.tokenize("别人不敢") == ["▁", "别", "人不", "敢"]  # 人不 was learnt before 别人
+    assert report["sentencepiece_mismatches"] == 0
