@@ -19,6 +19,7 @@ Data: the bundled samples (data/shuffled_data/pretrain/*.jsonl), sharded into be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -91,12 +92,19 @@ class ListLoader:
 
 def timed_stage(before_forward, loader=None) -> Stage:
     """The pretrain stage calling `before_forward()` ahead of every forward (optionally fed by `loader`)."""
-    def loss_sum(model, batch):
-        before_forward()
-        return pretrain.loss_sum(model, batch)
+    def start(cfg, ctx):
+        run = pretrain.start(cfg, ctx)
+        lm_loss = run.loss
+
+        def loss(model, batch):
+            before_forward()
+            return lm_loss(model, batch)
+
+        run.loss = loss
+        return run
 
     build = (lambda cfg, tok, acc: loader) if loader is not None else pretrain.build_train_data
-    return Stage("pretrain", build, loss_sum, pretrain.count_items, pretrain.count_tokens, lambda *a: [])
+    return dataclasses.replace(pretrain.STAGE, build_train_data=build, build_evals=lambda *a: [], start=start)
 
 
 def fresh_model(seed: int = 42):
@@ -140,12 +148,12 @@ class PairedBareLoop:
 def ours(config: Path, warmup: int, batches: list[dict], fed_by_pipeline: bool) -> tuple[float, float]:
     """(our median step, paired bare step) in seconds."""
     bare = PairedBareLoop(batches)
-    original = pretrain.PRETRAIN
-    pretrain.PRETRAIN = timed_stage(bare.mark, None if fed_by_pipeline else ListLoader(batches))
+    original = pretrain.STAGE
+    pretrain.STAGE = timed_stage(bare.mark, None if fed_by_pipeline else ListLoader(batches))
     try:
-        run(config, [], str(MODEL_CONFIG))  # run() takes the pretrain stage from this module
+        run(config, [], str(MODEL_CONFIG))  # run() takes the pretrain stage from the registry's module
     finally:
-        pretrain.PRETRAIN = original
+        pretrain.STAGE = original
         reset_accelerate()
     return bare.medians(warmup)
 
@@ -174,15 +182,15 @@ def hf_trainer(batches: list[dict], warmup: int) -> tuple[float, float]:
 def resume_seconds(config: Path, checkpoint_step: int) -> float:
     """Seconds from calling run() to the first training step after work_dir/checkpoint-<checkpoint_step>."""
     stamps: list[float] = []
-    original = pretrain.PRETRAIN
-    pretrain.PRETRAIN = timed_stage(lambda: stamps.append(time.perf_counter()))
+    original = pretrain.STAGE
+    pretrain.STAGE = timed_stage(lambda: stamps.append(time.perf_counter()))
     try:
         start = time.perf_counter()
         checkpoint = OUT / config.stem / f"checkpoint-{checkpoint_step}"
         run(config, [f"train.resume={checkpoint}", f"train.num_training_steps={checkpoint_step + 1}"],
             str(MODEL_CONFIG))
     finally:
-        pretrain.PRETRAIN = original
+        pretrain.STAGE = original
         reset_accelerate()
     return stamps[0] - start
 

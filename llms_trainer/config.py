@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llms_trainer.evaluation.methods import EVAL_ALIASES, EVAL_METHODS, dataset_files
 from llms_trainer.train.stages import REGISTRY as STAGES
 
-
 # accelerate tracker name → module that must import for it to work
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "aim": "aim", "comet_ml": "comet_ml",
             "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}

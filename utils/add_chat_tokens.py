@@ -1,6 +1,7 @@
-"""Add the chat special tokens <|system|> <|user|> <|assistant|> <|endofchat|> (one id each, never split),
-a pad token <|pad|> when the tokenizer has none, and the chat template, so that
-tokenizer.apply_chat_template(messages) yields exactly the text SFT trains on (llms_trainer/tokenizer/chat.py).
+"""Add the chat special tokens <|system|> <|user|> <|assistant|> <|endofchat|> (one id each, never split)
+and the chat template, so that tokenizer.apply_chat_template(messages) yields exactly the text and ids SFT
+trains on (llms_trainer/tokenizer/chat.py). The output adds one BOS to plain tokenizer(text) calls, has a pad
+token distinct from EOS (<unk>, or a new <|pad|> when there is none) and keeps tokenizer.model.
 
   python utils/add_chat_tokens.py --tokenizer work_dirs/tokenizer/merged --output work_dirs/tokenizer/chat
 """
@@ -37,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"added {len(result['added'])} tokens ({result['size_before']} -> {result['size_after']}): "
-          + ", ".join(f"{t}={i}" for t, i in result["ids"].items()))
-    print(f"chat template example: {render_chat(EXAMPLE, add_generation_prompt=False)!r}")
+          + ", ".join(f"{t}={i}" for t, i in result["ids"].items())
+          + f"; pad token {result['pad_token']}={result['pad_id']}")
+    print(f"chat template example: {render_chat(EXAMPLE, result['bos_token'])!r}")
     print(f"wrote {args.output}")
     return 0
 

@@ -4,14 +4,19 @@ Record: {"question": stem + option lines "A. ...", "B. ...", "answer": "B", "sou
 are separated by real newlines or by the literal two characters backslash-n. The offered letters are those
 that start an option line ("A." "A．" "A、" "A:" "A)"), so a two-option question offers only A and B.
 
-Scoring: prompt = PROMPT_TEMPLATE.format(few_shot_prefix=..., question=...) with BOS in front, one forward
-pass per question, and the prediction is the offered letter the model finds most likely next — letters not
-offered are never predicted. A letter is scored as the model would write it after "Answer:", i.e. with a
-leading space (ANSWER_LETTER_TEMPLATE), tokenized in that context: the pieces of "Answer: B" after those of
-"Answer:". When " B" is one piece ("▁B", the usual Llama case) this compares that piece's next-token logit
-across the offered letters. When some letters take two pieces ("▁" + "B") while others take one ("▁A"),
-the forward pass also feeds the shared first piece and a letter's score is the summed log-probability of
-its pieces, so both kinds are compared fairly in the same single pass.
+Prompt: few_shot_prefix + question + answer cue, with BOS in front. The cue is "\nAnswer:" unless the
+question already ends in one ("Answer:", "答案：", "答案:", "答：", "答案是", ...; see `split_cue`), which is
+then used as written, so the original's Chinese questions ending in "答案：" get no second cue. For example
+"天空是什么颜色？\nA. 蓝色\nB. 绿色\n答案：" is scored as it is, "Sky colour?\nA. blue\nB. green" becomes
+"Sky colour?\nA. blue\nB. green\nAnswer:".
+
+Scoring: one forward pass per question; the prediction is the offered letter the model finds most likely
+next — letters not offered are never predicted. A letter is scored as the model would write it after the
+cue: " B" after an ASCII colon, "B" after a full-width colon or "答案是" (`letter_text`), tokenized in that
+context: the pieces of cue + letter after those of the cue. When the letter is one piece ("▁B", the usual
+Llama case) this compares that piece's next-token logit across the offered letters. When some letters take
+two pieces ("▁" + "B") while others take one ("▁A"), the forward pass also feeds the shared first piece and a
+letter's score is the summed log-probability of its pieces, so both kinds are compared fairly in one pass.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ from llms_trainer.evaluation import (
     read_jsonl,
 )
 
-PROMPT_TEMPLATE = "{few_shot_prefix}{question}\nAnswer:"
-ANSWER_LETTER_TEMPLATE = " {letter}"
+DEFAULT_CUE = "\nAnswer:"
 _OPTION_LINE = re.compile(r"^\s*([A-Z])\s*[.．、:：)）]")
+_CUE_AT_END = re.compile(r"(?:\b(?:answer|ans)\s*[:：]|答案是?\s*[:：]|答\s*[:：]|答案是)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -87,19 +92,39 @@ def load_single_choice(path: str | Path) -> list[Question]:
     return [parse_question(record, where, Path(path).stem) for where, record in read_jsonl(path)]
 
 
-def letter_pieces(tokenizer: Any, letters: tuple[str, ...]) -> tuple[list[int], dict[str, list[int]]]:
-    """(pieces to feed after the prompt, {letter: its pieces after "Answer:"}) for one forward pass.
+def split_cue(question: str) -> tuple[str, str]:
+    """(question without its answer cue, the cue): the question's own cue when it ends in one, trailing spaces
+    dropped, else DEFAULT_CUE. The prompt is their concatenation."""
+    match = _CUE_AT_END.search(question)
+    if match is None:
+        return question, DEFAULT_CUE
+    return question[:match.start()], question[match.start():].rstrip()
+
+
+def prompt_of(question: str, few_shot_prefix: str = "") -> str:
+    """The text scored for a question (BOS is added when it is encoded)."""
+    body, cue = split_cue(question)
+    return few_shot_prefix + body + cue
+
+
+def letter_text(cue: str, letter: str) -> str:
+    """How an answer letter follows the cue: after a space behind an ASCII colon, directly otherwise."""
+    return f" {letter}" if cue.endswith(":") else letter
+
+
+def letter_pieces(tokenizer: Any, letters: tuple[str, ...],
+                  cue: str = DEFAULT_CUE) -> tuple[list[int], dict[str, list[int]]]:
+    """(pieces to feed after the prompt, {letter: its pieces after the cue}) for one forward pass.
 
     The fed pieces are the longest letter's pieces minus its last; every other letter's pieces minus
     its last must be a prefix of them (true for one-piece and "▁" + letter tokenizations)."""
-    cue = PROMPT_TEMPLATE.format(few_shot_prefix="", question="")
     base = tokenizer.encode(cue, add_special_tokens=False)
     pieces: dict[str, list[int]] = {}
     for letter in letters:
-        full = tokenizer.encode(cue + ANSWER_LETTER_TEMPLATE.format(letter=letter), add_special_tokens=False)
+        full = tokenizer.encode(cue + letter_text(cue, letter), add_special_tokens=False)
         if full[:len(base)] != base or len(full) == len(base):
-            raise EvalDataError(f"tokenizer merges the answer letter {letter!r} into 'Answer:'; single-choice "
-                                "scoring needs the letter to start a new piece")
+            raise EvalDataError(f"tokenizer merges the answer letter {letter!r} into {cue.strip()!r}; "
+                                "single-choice scoring needs the letter to start a new piece")
         pieces[letter] = full[len(base):]
     feed = max((p[:-1] for p in pieces.values()), key=len)
     distinct = len({tuple(p) for p in pieces.values()}) == len(letters)
@@ -121,14 +146,14 @@ def predict_letters(model: Any, tokenizer: Any, questions: list[Question], devic
                     few_shot_prefix: str = "", batch_size: int = 8) -> list[str]:
     """The predicted letter of each question (argmax over its offered letters only)."""
     predictions: list[str] = []
-    cache: dict[tuple[str, ...], tuple[list[int], dict[str, list[int]]]] = {}
+    cache: dict[tuple[str, tuple[str, ...]], tuple[list[int], dict[str, list[int]]]] = {}
     for batch in batches(questions, batch_size):
-        for question in batch:
-            if question.letters not in cache:
-                cache[question.letters] = letter_pieces(tokenizer, question.letters)
-        plans = [cache[q.letters] for q in batch]
-        rows = [encode_with_bos(tokenizer, PROMPT_TEMPLATE.format(few_shot_prefix=few_shot_prefix,
-                                                                  question=q.question)) + feed
+        keys = [(split_cue(q.question)[1], q.letters) for q in batch]
+        for cue, letters in keys:
+            if (cue, letters) not in cache:
+                cache[(cue, letters)] = letter_pieces(tokenizer, letters, cue)
+        plans = [cache[key] for key in keys]
+        rows = [encode_with_bos(tokenizer, prompt_of(q.question, few_shot_prefix)) + feed
                 for q, (feed, _) in zip(batch, plans, strict=True)]
         logits = model(**left_padded(rows, pad_id(tokenizer), device)).logits
         for row_logits, (feed, pieces) in zip(logits, plans, strict=True):

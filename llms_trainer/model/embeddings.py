@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from llms_trainer.tokenizer import TokenizerError, new_output_dir
+from llms_trainer.tokenizer.save import conform_tokenizer, save_tokenizer
 
 SPACE_PIECE = "▁"
 RULES = ("pieces", "special", "no_pieces")
@@ -108,7 +109,11 @@ def _load(kind: str, path: Path, loader, **kwargs):
 
 def extend_model(model_dir: str | Path, old_tokenizer_dir: str | Path, new_tokenizer_dir: str | Path,
                  output: str | Path) -> dict:
-    """Load model + tokenizers, extend, save model and new tokenizer as `output` (whole or not at all)."""
+    """Load model + tokenizers, extend, save model and new tokenizer as `output` (whole or not at all).
+
+    The new tokenizer gets the BOS/pad conventions first (a `<|pad|>` it has to add gets a row too) and is
+    saved with its tokenizer.model.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir, new_tokenizer_dir = Path(model_dir), Path(new_tokenizer_dir)
@@ -116,13 +121,12 @@ def extend_model(model_dir: str | Path, old_tokenizer_dir: str | Path, new_token
         raise TokenizerError(f"{output} already exists; choose another --output or delete it")
     old_tokenizer = _load("tokenizer", Path(old_tokenizer_dir), AutoTokenizer.from_pretrained)
     new_tokenizer = _load("tokenizer", new_tokenizer_dir, AutoTokenizer.from_pretrained)
+    conform_tokenizer(new_tokenizer)
     model = _load("model", model_dir, AutoModelForCausalLM.from_pretrained, dtype="auto")
     old_rows = model.get_input_embeddings().weight.shape[0]
     counts = extend_embeddings(model, old_tokenizer, new_tokenizer)
     with new_output_dir(output) as out:
         model.save_pretrained(str(out))
-        new_tokenizer.save_pretrained(str(out))
-        if (new_tokenizer_dir / "tokenizer.model").is_file():
-            (out / "tokenizer.model").write_bytes((new_tokenizer_dir / "tokenizer.model").read_bytes())
+        save_tokenizer(new_tokenizer, out, source_dir=new_tokenizer_dir)
     return {"old_rows": old_rows, "new_rows": model.get_input_embeddings().weight.shape[0],
             "tied": tied(model), "rules": counts, "output": str(output)}

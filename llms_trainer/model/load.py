@@ -22,13 +22,22 @@ class ModelLoadError(ValueError):
 
 
 def load_tokenizer(path: str, key: str = "data.tokenizer_path"):
-    """An HF tokenizer from a directory or hub id."""
+    """An HF tokenizer from a directory or hub id, following the conventions of llms_trainer.tokenizer.save.
+
+    `tokenizer(text)` adds one BOS as the data path does, and the pad token is distinct from EOS (`<unk>`
+    for Llama/Mistral SentencePiece tokenizers; a new `<|pad|>` only when there is no usable token, which
+    `build_model` then gives an embedding row). Checkpoints save this tokenizer as it is.
+    """
     from transformers import AutoTokenizer
 
+    from llms_trainer.tokenizer.save import conform_tokenizer
+
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        conform_tokenizer(tokenizer)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{key}: cannot load a tokenizer from '{path}' ({err})") from err
+    return tokenizer
 
 
 def load_model_config(path: str | Path):
@@ -77,6 +86,7 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
             setattr(config, name, value)
         torch.manual_seed(train.seed)
         model = factory.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code)
+    add_row_for_new_pad(model, tokenizer)
     match_vocab(model, tokenizer, train.resize_model_vocab_size)
     return model
 
@@ -112,6 +122,19 @@ def zero3_init_as_configured(accelerator) -> Iterator[None]:
         yield
     finally:
         set_hf_deepspeed_config(plugin.dschf)
+
+
+def add_row_for_new_pad(model, tokenizer) -> bool:
+    """Give the model one embedding row for a `<|pad|>` that load_tokenizer had to add (its id is the first
+    id past the model's rows); returns whether it did. Padding is masked, so the row's values never matter."""
+    from llms_trainer.tokenizer.save import PAD_TOKEN
+
+    rows = model.get_input_embeddings().num_embeddings
+    if tokenizer.pad_token != PAD_TOKEN or tokenizer.pad_token_id != rows or len(tokenizer) != rows + 1:
+        return False
+    model.resize_token_embeddings(rows + 1)
+    print(f"added an embedding row for the new pad token {PAD_TOKEN} (id {rows})")
+    return True
 
 
 def match_vocab(model, tokenizer, resize: bool) -> None:

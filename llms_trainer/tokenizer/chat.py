@@ -12,6 +12,11 @@ an untrained segment sits right after a special token, so tokenising segment by 
 as tokenising the whole text (special tokens always split the text) — provided each segment after the first
 is tokenised as a continuation, without the SentencePiece dummy prefix "▁": `tokenize_segments` does that.
 `CHAT_TEMPLATE` is the same format as a Jinja template, generated from the same constants.
+
+BOS: the template writes the BOS text itself and `apply_chat_template(tokenize=True)` encodes it without
+adding special tokens, so the ids hold one BOS, as SFT builds them. The tokenizer also adds BOS to plain
+`tokenizer(text)` calls (the `save` conventions), so rendered chat text must be encoded with
+`add_special_tokens=False`; `tokenizer(apply_chat_template(..., tokenize=False))` would start with two BOS.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from llms_trainer.tokenizer import TokenizerError, new_output_dir
+from llms_trainer.tokenizer.save import conform_tokenizer, save_tokenizer
 
 SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = "<|system|>", "<|user|>", "<|assistant|>"
 END_TOKEN = "<|endofchat|>"
-PAD_TOKEN = "<|pad|>"  # added only when a tokenizer has no pad token
 ROLE_TOKENS = {"system": SYSTEM_TOKEN, "user": USER_TOKEN, "assistant": ASSISTANT_TOKEN}
 CHAT_TOKENS = (SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)
 TURN_SEPARATOR = "\n"  # after END_TOKEN, not trained on
@@ -100,9 +105,11 @@ CHAT_TEMPLATE = build_chat_template()
 
 
 def add_chat_tokens(tokenizer) -> dict:
-    """Add the chat tokens as special tokens, a pad token when missing, and CHAT_TEMPLATE (in place).
+    """Add the chat tokens as special tokens and CHAT_TEMPLATE, and apply the BOS/pad conventions (in place;
+    `<|pad|>` is added only when the tokenizer has no usable pad token, see `save.conform_tokenizer`).
 
-    Returns {"added": [tokens added], "pad_token": str, "ids": {token: id}}. Running it twice adds nothing.
+    Returns {"added": [tokens added], "ids": {chat token: id}, "pad_token", "pad_id", "bos_token", sizes}.
+    Running it twice adds nothing.
     """
     from tokenizers import AddedToken
 
@@ -110,14 +117,11 @@ def add_chat_tokens(tokenizer) -> dict:
     existing = set(tokenizer.get_vocab())
     new = [t for t in CHAT_TOKENS if t not in existing]
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
-    added = list(new)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": AddedToken(PAD_TOKEN, special=True, normalized=False)})
-        added.append(PAD_TOKEN)
+    added = list(new) + conform_tokenizer(tokenizer)
     tokenizer.chat_template = CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*CHAT_TOKENS, tokenizer.pad_token)}
-    return {"added": added, "size_before": before, "size_after": len(tokenizer),
-            "pad_token": tokenizer.pad_token, "ids": ids}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in CHAT_TOKENS}
+    return {"added": added, "size_before": before, "size_after": len(tokenizer), "ids": ids,
+            "pad_token": tokenizer.pad_token, "pad_id": tokenizer.pad_token_id, "bos_token": tokenizer.bos_token}
 
 
 def add_chat_tokens_to_dir(tokenizer_dir: str | Path, output: str | Path) -> dict:
@@ -133,7 +137,7 @@ def add_chat_tokens_to_dir(tokenizer_dir: str | Path, output: str | Path) -> dic
         raise TokenizerError(f"{tokenizer_dir}: cannot load as an HF tokenizer ({err})") from err
     with new_output_dir(output) as out:
         result = add_chat_tokens(tokenizer)
-        tokenizer.save_pretrained(str(out))
+        save_tokenizer(tokenizer, out, source_dir=tokenizer_dir)
     return result
 
 

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from llms_trainer.tokenizer import TokenizerError
+from llms_trainer.tokenizer.save import save_tokenizer
 from llms_trainer.train.errors import CheckpointError, NonFiniteError, any_rank
 
 MARKER = "COMPLETE"
@@ -46,7 +48,7 @@ DS_TAG = "engine"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 # What a failed write raises: safetensors and torch.save report I/O errors (disk full, file too large) as
 # their own SafetensorError and RuntimeError.
-WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError, TokenizerError)
 _LEFTOVER = re.compile(r"^checkpoint-\d+\.(partial|deleting|old)$")
 
 
@@ -165,7 +167,7 @@ def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Excepti
                 unwrapped.unmerge_adapter()
         else:
             unwrapped.save_pretrained(str(out), state_dict=state_dict)
-        tokenizer.save_pretrained(str(out))
+        save_tokenizer(tokenizer, out)
     except WRITE_ERRORS as err:
         failures.append(err)
 

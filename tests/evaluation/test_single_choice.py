@@ -9,11 +9,13 @@ import torch
 
 from llms_trainer.evaluation import EvalDataError, left_padded
 from llms_trainer.evaluation.single_choice import (
+    DEFAULT_CUE,
     Question,
     evaluate_single_choice,
     letter_pieces,
     load_single_choice,
     offered_letters,
+    prompt_of,
 )
 from tests.helpers import write_jsonl
 
@@ -27,9 +29,9 @@ class LetterOracle(torch.nn.Module):
     Whatever pieces the tokenizer uses for " A", " B", ... (one piece, or "▁" + letter), the logits at the
     last positions of every row give each letter's piece sequence the probability `probs[letter]`."""
 
-    def __init__(self, tokenizer, probs: dict[str, float]):
+    def __init__(self, tokenizer, probs: dict[str, float], cue: str = DEFAULT_CUE):
         super().__init__()
-        self.feed, self.pieces = letter_pieces(tokenizer, tuple(sorted(probs)))
+        self.feed, self.pieces = letter_pieces(tokenizer, tuple(sorted(probs)), cue)
         self.probs = probs
         self.vocab = len(tokenizer)
 
@@ -143,3 +145,38 @@ def test_letter_pieces_continue_the_prompt_exactly(tiny_tokenizer):
         assert cue + ids == tiny_tokenizer.encode(f"\nAnswer: {letter}", add_special_tokens=False)
         assert ids[:-1] == feed[:len(ids) - 1]
     assert len({tuple(v) for v in pieces.values()}) == 4
+
+
+ZH = "天空是什么颜色？\nA. 蓝色\nB. 绿色"
+
+
+@pytest.mark.parametrize("question, prompt", [
+    (AB, AB + "\nAnswer:"),
+    (ZH + "\n答案：", ZH + "\n答案："),
+    (ZH + "\n答案: ", ZH + "\n答案:"),
+    (ZH + "\n答：", ZH + "\n答："),
+    (ZH + "\n答案是", ZH + "\n答案是"),
+    (AB + "\nAnswer:", AB + "\nAnswer:"),
+    (AB + "\nanswer :  ", AB + "\nanswer :"),
+    ("答案：以下哪个对？\nA. x\nB. y", "答案：以下哪个对？\nA. x\nB. y\nAnswer:"),  # a cue only counts at the end
+])
+def test_an_answer_cue_is_added_only_when_the_question_has_none(question, prompt):
+    assert prompt_of(question) == prompt
+    assert prompt_of(question, "EXAMPLE\n") == "EXAMPLE\n" + prompt
+
+
+def test_a_question_ending_in_its_own_cue_is_scored_after_it(tiny_tokenizer, accelerator):
+    seen = []
+
+    class Recorder(LetterOracle):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            seen.append(tiny_tokenizer.decode(input_ids[0], skip_special_tokens=True))
+            return super().forward(input_ids, attention_mask, position_ids)
+
+    oracle = Recorder(tiny_tokenizer, {"A": 0.3, "B": 0.7}, cue="答案：")
+    metrics = evaluate_single_choice(oracle, tiny_tokenizer, [question(ZH + "\n答案：", "B")], accelerator)
+    assert metrics["eval/single_choice/acc"] == 1.0
+    assert seen[0].endswith("B. 绿色\n答案：") and "Answer" not in seen[0]
+    feed, pieces = letter_pieces(tiny_tokenizer, ("A", "B"), "答案：")
+    cue = tiny_tokenizer.encode("答案：", add_special_tokens=False)
+    assert cue + pieces["B"] == tiny_tokenizer.encode("答案：B", add_special_tokens=False)  # no space after "："

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from llms_trainer.model.embeddings import extend_embeddings, extend_model, old_piece_ids
 from llms_trainer.tokenizer import TokenizerError
-from llms_trainer.tokenizer.chat import CHAT_TOKENS, PAD_TOKEN, add_chat_tokens_to_dir
+from llms_trainer.tokenizer.chat import CHAT_TOKENS, add_chat_tokens_to_dir
 from llms_trainer.tokenizer.merge import merge_tokenizer
+from llms_trainer.tokenizer.save import PAD_TOKEN
 from llms_trainer.tokenizer.train import train_model
 from tests.helpers import ZH_CHARS
 from tests.tokenizer.support import load_script, zh_texts
@@ -35,7 +37,7 @@ def tiny_model(tie: bool, vocab_size: int = 700) -> LlamaForCausalLM:
 def expected_rows(old: torch.Tensor, old_tokenizer, new_tokenizer) -> dict[int, torch.Tensor]:
     """Each new row computed by hand: pieces of the decoded token under the old tokenizer, averaged."""
     rows = {}
-    specials = {new_tokenizer.convert_tokens_to_ids(t) for t in (*CHAT_TOKENS, PAD_TOKEN)}
+    specials = {new_tokenizer.convert_tokens_to_ids(t) for t in CHAT_TOKENS}
     for token_id in range(len(old_tokenizer), len(new_tokenizer)):
         pieces = old_tokenizer.tokenize(new_tokenizer.decode([token_id]))
         if len(pieces) > 1:
@@ -55,7 +57,7 @@ def test_new_rows_are_means_of_old_pieces_and_old_rows_are_untouched(tie, tiny_t
     new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert new_in.shape[0] == new_out.shape[0] == model.config.vocab_size == len(new_tokenizer)
     assert torch.equal(new_in[:700], old_in) and torch.equal(new_out[:700], old_out)
-    assert counts == {"pieces": len(new_tokenizer) - 700 - 5, "special": 5, "no_pieces": 0}
+    assert counts == {"pieces": len(new_tokenizer) - 700 - 4, "special": 4, "no_pieces": 0}
     assert torch.isfinite(new_in).all() and torch.isfinite(new_out).all()
     for matrix, old in ((new_in, old_in), (new_out, old_out)):
         for token_id, row in expected_rows(old, tiny_tokenizer, new_tokenizer).items():
@@ -95,8 +97,24 @@ def test_saved_model_reloads_tied_with_the_new_tokenizer(tmp_path, tiny_tokenize
     assert torch.equal(reloaded.get_input_embeddings().weight[:700], model.get_input_embeddings().weight[:700])
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "长江有多长？"}], add_generation_prompt=True,
                                         return_tensors="pt")["input_ids"]
+    assert ids[0].tolist().count(tokenizer.bos_token_id) == 1
     with torch.no_grad():
         assert torch.isfinite(reloaded(ids).logits).all()
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "out" / "tokenizer.model"))
+    assert tokenizer("长江 is long")["input_ids"] == [tokenizer.bos_token_id] + sp.encode("长江 is long")
+    assert tokenizer.pad_token == "<unk>" != tokenizer.eos_token
+
+
+def test_a_new_tokenizer_without_a_pad_gets_one_with_a_row(tmp_path, tiny_tokenizer_dir, new_tokenizer_dir):
+    no_pad = AutoTokenizer.from_pretrained(str(new_tokenizer_dir))
+    no_pad.pad_token = None
+    no_pad.unk_token = no_pad.eos_token
+    no_pad.save_pretrained(str(tmp_path / "no_pad"))
+    tiny_model(tie=False).save_pretrained(str(tmp_path / "model"))
+    result = extend_model(tmp_path / "model", tiny_tokenizer_dir, tmp_path / "no_pad", tmp_path / "out")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert tokenizer.pad_token == PAD_TOKEN and tokenizer.pad_token_id == len(no_pad) == result["new_rows"] - 1
+    assert result["rules"]["special"] == 5 and len(tokenizer) == result["new_rows"]
 
 
 def test_a_tokenizer_that_does_not_extend_the_old_one_is_refused(tiny_tokenizer_dir, tiny_tokenizer):
@@ -117,7 +135,7 @@ def test_cli_reports_rules_and_fails_cleanly(tmp_path, capsys, tiny_tokenizer_di
     args = ["--model", str(tmp_path / "model"), "--old-tokenizer", str(tiny_tokenizer_dir), "--new-tokenizer"]
     assert main(args + [str(new_tokenizer_dir), "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "5 rows: special token" in out and f"wrote {tmp_path / 'out'}" in out
+    assert "4 rows: special token" in out and f"wrote {tmp_path / 'out'}" in out
     assert main(args + [str(tmp_path / "missing"), "--output", str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {tmp_path / 'missing'}: no such tokenizer directory"]

@@ -8,7 +8,6 @@ from transformers import AutoTokenizer
 from llms_trainer.tokenizer import TokenizerError
 from llms_trainer.tokenizer.chat import (
     CHAT_TOKENS,
-    PAD_TOKEN,
     Segment,
     add_chat_tokens,
     add_chat_tokens_to_dir,
@@ -16,6 +15,7 @@ from llms_trainer.tokenizer.chat import (
     render_chat,
     tokenize_segments,
 )
+from llms_trainer.tokenizer.save import PAD_TOKEN
 
 CONVERSATION = [
     {"role": "system", "content": "你是一个助手。Be brief."},
@@ -45,10 +45,10 @@ def test_segments_flag_only_assistant_content_and_its_end_token():
 
 def test_chat_tokens_are_single_ids_never_split(chat_tokenizer, merged_dir):
     base_size = len(AutoTokenizer.from_pretrained(str(merged_dir)))
-    ids = [chat_tokenizer.convert_tokens_to_ids(t) for t in (*CHAT_TOKENS, PAD_TOKEN)]
-    assert sorted(ids) == list(range(base_size, base_size + 5))
-    assert chat_tokenizer.pad_token == PAD_TOKEN
-    for token, token_id in zip(CHAT_TOKENS, ids[:4], strict=True):
+    ids = [chat_tokenizer.convert_tokens_to_ids(t) for t in CHAT_TOKENS]
+    assert sorted(ids) == list(range(base_size, base_size + 4)) and len(chat_tokenizer) == base_size + 4
+    assert chat_tokenizer.pad_token == "<unk>" != chat_tokenizer.eos_token  # an existing token: no new row
+    for token, token_id in zip(CHAT_TOKENS, ids, strict=True):
         assert chat_tokenizer.encode(token, add_special_tokens=False) == [token_id]
         glued = chat_tokenizer.encode(f"模型{token}data", add_special_tokens=False)
         assert glued.count(token_id) == 1
@@ -83,9 +83,17 @@ def test_adding_twice_adds_nothing_and_an_existing_pad_is_kept(tiny_tokenizer_di
     size = len(again)
     assert add_chat_tokens(again)["added"] == [] and len(again) == size
     with_pad = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
-    with_pad.pad_token = with_pad.unk_token
+    with_pad.pad_token = "▁the"
     result = add_chat_tokens(with_pad)
-    assert result["added"] == list(CHAT_TOKENS) and with_pad.pad_token == "<unk>"
+    assert result["added"] == list(CHAT_TOKENS) and with_pad.pad_token == "▁the"
+
+
+def test_pad_token_is_added_only_without_a_usable_one(tiny_tokenizer_dir):
+    no_unk = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    no_unk.unk_token = no_unk.eos_token  # the only candidate would be EOS itself
+    size = len(no_unk)
+    assert add_chat_tokens(no_unk)["added"] == [*CHAT_TOKENS, PAD_TOKEN]
+    assert no_unk.pad_token == PAD_TOKEN and no_unk.pad_token_id == size + 4
 
 
 def test_bad_turns_and_outputs_are_clear_errors(tmp_path, tiny_tokenizer_dir, chat_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
@@ -62,7 +63,7 @@ def test_chinese_gets_shorter_and_english_is_unchanged(tiny_tokenizer_dir, merge
     before = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     after = AutoTokenizer.from_pretrained(str(merged_dir))
     for text in ENGLISH:
-        assert after.encode(text) == before.encode(text)
+        assert after.encode(text) == [after.bos_token_id] + before.encode(text, add_special_tokens=False)
     report = json.loads((merged_dir / "merge_report.json").read_text(encoding="utf-8"))
     assert report["final_size"] == report["base_size"] + report["added"] == len(after)
     assert report["report_text"] == str(held_out_zh)
@@ -108,10 +109,13 @@ def test_hf_fast_base_gets_new_pieces_as_clean_unique_tokens(tmp_path, zh_model_
     base = AutoTokenizer.from_pretrained(str(tmp_path / "base"))
     report = merge_tokenizer(tmp_path / "base", zh_model_path, tmp_path / "out")
     merged = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
-    assert report["kind"] == "hf_tokens" and report["final_size"] == len(merged) == len(base) + report["added"]
+    assert report["kind"] == "hf_tokens" and report["final_size"] == len(merged) == len(base) + report["added"] + 1
+    assert report["special_added"] == ["<|pad|>"] == [merged.pad_token]  # no unk to reuse: a pad of its own
+    assert merged.convert_ids_to_tokens(len(merged) - 1) == "<|pad|>" and merged.bos_token is None
     ids = list(range(len(base)))
     assert merged.convert_ids_to_tokens(ids) == base.convert_ids_to_tokens(ids)
-    added = [merged.convert_ids_to_tokens(i) for i in range(len(base), len(merged))]
+    assert not (tmp_path / "out" / "tokenizer.model").exists()  # not a SentencePiece tokenizer
+    added = [merged.convert_ids_to_tokens(i) for i in range(len(base), len(merged) - 1)]
     assert len(added) > 50 and len(set(added)) == len(added)
     assert all(t.strip() == t and t for t in added)
     assert "数据" not in added  # already one token in the base
@@ -146,3 +150,40 @@ def test_bad_inputs_write_nothing(tmp_path, tiny_tokenizer_dir, zh_model_path, m
     with pytest.raises(TokenizerError, match="merge into the plain SentencePiece model first"):
         merge_tokenizer(tmp_path / "with_chat", zh_model_path, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_tokenizer", "notes.txt", "uni.model", "with_chat"]
+
+
+def _add_model(path, base: sp_pb2.ModelProto, pieces: list[str]) -> None:
+    """A BPE .model holding `pieces` in rank order (scores -1, -2, ...), with the base's settings."""
+    proto = sp_pb2.ModelProto()
+    proto.CopyFrom(base)
+    del proto.pieces[:]
+    proto.pieces.add(piece="<unk>", score=0, type=Piece.UNKNOWN)
+    for rank, piece in enumerate(pieces, 1):
+        proto.pieces.add(piece=piece, score=-rank, type=Piece.NORMAL)
+    path.write_bytes(proto.SerializeToString())
+
+
+def test_tokenizer_model_and_json_agree_when_the_base_scores_a_piece_minus_1e9(tmp_path):
+    # Mistral scores its whitespace pieces -1e9. Near -1e9 float32 steps are 64 apart, so "trained score +
+    # shift" tied new pieces; and transformers ranks converted merges by id, SentencePiece by score.
+    base = _toy_bpe(["ab", "bc", "▁", "a", "b", "c"])
+    base.normalizer_spec.add_dummy_prefix = True
+    base.trainer_spec.bos_id = base.trainer_spec.eos_id = -1
+    base.pieces[1].score = -1e9  # "ab": id before "bc", score below it
+    (tmp_path / "base.model").write_bytes(base.SerializeToString())
+    _add_model(tmp_path / "add.model", base, ["人不", "别人", "不敢", "别", "人", "不", "敢"])
+    texts = ["abc", "别人不敢", "abc别人不敢 bcab", "ab 别人 不敢 c"]
+    (tmp_path / "held_out.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    report = merge_tokenizer(tmp_path / "base.model", tmp_path / "add.model", tmp_path / "out",
+                             tmp_path / "held_out.txt")
+    new_scores = [p.score for p in read_proto(tmp_path / "out" / "tokenizer.model").pieces[len(base.pieces):]]
+    assert len(new_scores) == 7 and new_scores[0] < -1e9
+    assert all(a > b for a, b in zip(new_scores, new_scores[1:], strict=False))  # distinct, in trained order
+    assert all(float(np.float32(s)) == s for s in new_scores)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "out" / "tokenizer.model"))
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    for text in texts:
+        assert hf.encode(text, add_special_tokens=False) == sp.encode(text), text
+    assert hf.tokenize("abc") == ["▁", "a", "bc"]  # the base's scores rank merges, not its ids
+    assert hf.tokenize("别人不敢") == ["▁", "别", "人不", "敢"]  # 人不 was learnt before 别人
+    assert report["sentencepiece_mismatches"] == 0
