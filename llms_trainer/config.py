@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llms_trainer.evaluation.methods import EVAL_ALIASES, EVAL_METHODS, dataset_files
+from llms_trainer.io import atomic_write
 from llms_trainer.train.stages import REGISTRY as STAGES
 
 # accelerate tracker name → module that must import for it to work
@@ -349,10 +350,7 @@ def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> 
     data = cfg.model_dump(mode="json")
     if extra:
         data["_run"] = extra
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 # keys of the original configs that this trainer accepts but does not need: (section, key, stages reading it)

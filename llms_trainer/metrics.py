@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,25 +20,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from llms_trainer.io import atomic_write
+
 Series = dict[str, tuple[list[int], list[float]]]
 _NOT_METRICS = ("step", "time")
-
-
-def atomic_write(target: Path, data: bytes) -> Path:
-    """Write `data` to a temp file next to `target`, then rename it over `target` (never half-written)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _clean(value: Any) -> float | None:
