@@ -19,12 +19,14 @@ import argparse
 import os
 import sys
 
+from llms_trainer.cli import make_parser
+
 DEMO_CONFIG = "configs/pretrain_configs/tiny_demo.yaml"
 DEMO_MODEL_CONFIG = "configs/model_configs/tiny_llama.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--train_config", help=f"training YAML (default: {DEMO_CONFIG})")
     parser.add_argument("--model_config", help="config.json or YAML of a model to initialise from scratch "
                         "(used when train.ckpt is null)")
