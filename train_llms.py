@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from llms_trainer.cli import make_parser
 
-DEMO_CONFIG = "configs/pretrain_configs/tiny_demo.yaml"
-DEMO_MODEL_CONFIG = "configs/model_configs/tiny_llama.json"
+ROOT = Path(__file__).resolve().parent
+DEMO_CONFIG = str(ROOT / "configs/pretrain_configs/tiny_demo.yaml")
+DEMO_MODEL_CONFIG = str(ROOT / "configs/model_configs/tiny_llama.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

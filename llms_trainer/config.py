@@ -2,7 +2,9 @@
 
 Every key of the original configs loads unchanged; new keys are additions with defaults. Unknown keys,
 wrong types, missing files and impossible combinations raise `ConfigError` with one message of the form
-`CFG: key a.b.c: problem` before any model is loaded. Paths are relative to the working directory.
+`CFG: key a.b.c: problem` before any model is loaded. Input paths are relative to the working directory,
+falling back to the repository's bundled files (so the shipped configs run from any directory); work_dir is
+relative to the working directory.
 Intervals and step counts are in optimizer steps (one step = `gradient_accumulation_steps` micro-batches on
 every process).
 """
@@ -338,9 +340,38 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
         raise ConfigError(_format_validation(err, where)) from None
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
+    _use_bundled_inputs(cfg)
     if check_files:
         _check_files(cfg, where, check_data)
     return cfg
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def bundled(path: str | None) -> str | None:
+    """A relative input path as given when it exists from the working directory, else the repository's
+    bundled file of that name when that exists (so shipped configs run from any directory)."""
+    if not path or os.path.isabs(path) or glob.glob(path) or os.path.exists(path):
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if glob.glob(str(candidate)) or candidate.exists() else path
+
+
+def _use_bundled_inputs(cfg: RunConfig) -> None:
+    """Point the config's relative input paths (data, policy, tokenizer, eval files) at bundled files when
+    they are not found from the working directory. Outputs (work_dir) stay relative to it."""
+    d, e = cfg.data, cfg.eval
+    d.data = {name: bundled(pattern) for name, pattern in d.data.items()}
+    d.sample_policy_file, d.tokenizer_path = bundled(d.sample_policy_file), bundled(d.tokenizer_path)
+    for method in EVAL_METHODS.values():
+        value = getattr(e, method.dataset_key)
+        if isinstance(value, str):
+            setattr(e, method.dataset_key, bundled(value))
+        elif isinstance(value, list):
+            setattr(e, method.dataset_key, [bundled(v) for v in value])
+        elif isinstance(value, dict):
+            setattr(e, method.dataset_key, {k: bundled(v) for k, v in value.items()})
 
 
 def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> Path:
