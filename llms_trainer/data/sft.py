@@ -194,15 +194,22 @@ class ChatSource(TokenizedSource):
         return f"{path}:{line}: {turns}"
 
     def _fill(self) -> None:
+        """Buffer the next samples; returns with an empty buffer only when the stream has ended."""
         if self._records is None:
             self._records = iter(self.stream)
-        events: list[tuple[dict, list[dict] | str]] = []  # (stream state before the record, turns or reason)
-        while len(events) < self.batch_docs:
-            before = self.stream.state_dict()
-            record = next(self._records, None)
-            if record is None:
-                break
-            events.append((before, self._read(record)))
+        while not self._buffer:
+            events: list[tuple[dict, list[dict] | str]] = []  # (stream state before the record, turns or reason)
+            while len(events) < self.batch_docs:
+                before = self.stream.state_dict()
+                record = next(self._records, None)
+                if record is None:
+                    break
+                events.append((before, self._read(record)))
+            if not events:
+                return
+            self._encode(events)
+
+    def _encode(self, events: list[tuple[dict, list[dict] | str]]) -> None:
         samples = iter(self.encoder.encode([t for _, t in events if not isinstance(t, str)]))
         for before, turns in events:
             counts = dict(self.counts)

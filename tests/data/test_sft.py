@@ -23,7 +23,7 @@ from llms_trainer.data.sft import (
     SFTSpec,
     build_sft_loader,
 )
-from llms_trainer.data.shards import dump_record, list_shards, write_source
+from llms_trainer.data.shards import ShardError, dump_record, list_shards, write_source
 from llms_trainer.tokenizer.chat import (
     CHAT_TOKENS,
     END_TOKEN,
@@ -246,13 +246,18 @@ def test_bad_records_error_names_shard_and_line_or_are_counted(chat_tok, tmp_pat
     bad = [{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}]},
            {"conversations": [{"from": "human", "value": "no reply"}]}, {"text": "not a chat"}]
-    spec.sources = {"y": _write(tmp_path, "y", good + bad, shard_records=5)}
+    spec.sources = {"y": _write(tmp_path, "y", good + bad * 2, shard_records=5)}
     spec.weights, spec.on_bad_record = {"y": 1.0}, "skip"
+    spec.tokenize_batch_docs = 2  # some encoding batches hold only bad records: the source must go on
     loader = build_sft_loader(spec, chat_tok)
     assert sum(int(b["document_ids"].max(1).values.add(1).sum()) for b in loader) == 12
     report = loader.report()["y"]
-    assert (report["bad_records"], report["conversations"], report["epochs"]) == (4, 12, 1.0)
+    assert (report["bad_records"], report["conversations"], report["epochs"]) == (8, 12, 1.0)
     assert "part-0000" in report["first_bad"]
+
+    spec.sources, spec.weights, spec.max_epochs = {"z": _write(tmp_path, "z", bad)}, {"z": 1.0}, None
+    with pytest.raises(ShardError, match="none of its 4 records is a usable conversation"):
+        next(iter(build_sft_loader(spec, chat_tok)))  # an endless run over nothing usable stops instead of hanging
 
 
 def test_a_tokenizer_without_chat_tokens_is_a_clear_error(tiny_tokenizer):
