@@ -138,11 +138,13 @@ class PretrainData(IterableDataset):
             yield {**self.collate(rows), "state": chain.state_dict()}
 
     def rows(self, chain: Chain) -> Iterator:
+        """The rows a chain yields (with document starts under document attention)."""
         if self.spec.document_attention and self.spec.mode == "concat":
             return chain.packer.rows_with_starts()
         return iter(chain.packer)
 
     def collate(self, rows: list) -> dict[str, torch.Tensor]:
+        """One micro-batch of tensors from `batch_size` rows."""
         if self.spec.document_attention and self.spec.mode == "concat":
             return collate_packed([(ids, ids, starts) for ids, starts in rows], self.pad_id, self.spec.seq_length)
         pad_to = self.spec.seq_length if (self.spec.pad_to_max or self.spec.mode == "concat") else None
