@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Continued pretraining (data.mode: pretrain) and SFT (data.mode: sft) of causal LMs on accelerate.
+"""Continued pretraining (data.mode: pretrain) and instruction tuning (data.mode: sft) on accelerate.
 
   python train_llms.py --train_config CFG [--model_config MODEL_CFG] [key.sub=value ...]
   sh train_llms.sh ACC_CFG TRAIN_CFG [MODEL_CFG]            (accelerate launch: DDP / DeepSpeed)

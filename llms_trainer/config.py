@@ -60,6 +60,14 @@ class DataConfig(Section):
     split_by_shard: bool = Field(False, description="accepted for compatibility; no effect: records are dealt "
                                  "to ranks × workers one by one, which balances any number of shards")
     shuffle_buffer_records: int = Field(1024, ge=1, description="records of one data unit shuffled together")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="sft/reward/dpo records with no "
+                                                    "assistant turn, an empty turn, a wrong role order or an "
+                                                    "unknown format: stop naming SHARD:LINE, or skip and count "
+                                                    "them per source")
+    pack_buffer_conversations: int = Field(1024, ge=1, description="sft packing: conversations grouped per "
+                                           "best-fit-decreasing round")
+    document_attention: bool = Field(False, description="pretraining packed rows: positions restart per "
+                                     "document and attention stays inside it (SFT packing always does)")
     # reward-model keys (a later stage reads them; accepted here so its configs share this schema)
     reward_model_datasets: Any = Field(None, description="reward model stage only")
     batch_size: int | None = Field(None, ge=1, description="reward model stage only")
@@ -130,6 +138,8 @@ class EvalConfig(Section):
                                                   "default work_dir/generation_eval (old key: "
                                                   "genration_eval_save_path)")
     nll_dataset: Datasets = Field(None, description="held-out text jsonl file(s)")
+    chat_nll_dataset: Datasets = Field(None, description="held-out conversations (any SFT record format) for "
+                                       "chat_nll_eval: NLL of the assistant tokens only")
     test_reward_model_acc_files: list[str] | None = Field(None, description="reward model stage only")
     save_delta_scores: bool = Field(False, description="reward model stage only")
     delta_scores_save_path: str | None = Field(None, description="reward model stage only")
@@ -154,11 +164,7 @@ class EvalConfig(Section):
 
 
 class SFTConfig(Section):
-    """sft: section (stage sft)."""
-
-    on_bad_record: Literal["error", "skip"] = Field("error", description="a record with no assistant turn, an "
-                                                    "empty turn, a wrong role order or an unknown format: stop "
-                                                    "naming shard and line, or skip it (counted per source)")
+    """sft: section (stage sft; its data keys live in data:)."""
 
 
 class RewardConfig(Section):

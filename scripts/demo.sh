@@ -27,6 +27,10 @@ $PY utils/merge_tokenizer.py --base configs/tokenizers/demo_base --add "$TOK/zh_
 $PY utils/add_chat_tokens.py --tokenizer "$TOK/merged" --output "$TOK/chat"
 $PY utils/extend_model_token_embeddings.py --model "$CKPT" --new-tokenizer "$TOK/chat" --output "$TOK/extended_model"
 
+echo "== 5. instruction tuning (SFT) of the extended model on the bundled chats, conversations packed"
+sh train_llms.sh configs/accelerate_configs/cpu.yaml configs/sft_configs/tiny_demo.yaml
+SFT=$(ls -d work_dirs/tiny_sft/checkpoint-* | sort -t- -k2 -n | tail -n 1)
+
 echo
 echo "== done"
 echo "checkpoint:          $CKPT"
@@ -35,3 +39,4 @@ echo "plot:                $(ls "$OUT"/*.png | head -n 1)"
 echo "generations:         $OUT/generation_eval/"
 echo "merged tokenizer:    $TOK/chat  (report: $TOK/merged/merge_report.json)"
 echo "extended model:      $TOK/extended_model"
+echo "SFT checkpoint:      $SFT  (generations: work_dirs/tiny_sft/generation_eval/)"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tokenizer.chat import CHAT_TOKENS, END_TOKEN, chat_segments
+from ..tokenizer.chat import ASSISTANT_TOKEN, CHAT_TOKENS, END_TOKEN, chat_segments
 from .mixing import Mixture, TokenizedSource, mixture_report
 from .packing import IGNORE_INDEX, best_fit_decreasing, collate_packed, collate_rows
 from .pipeline import PretrainData, ResumableLoader
@@ -151,6 +151,13 @@ class ChatEncoder:
         if all(label == IGNORE_INDEX for label in labels):
             return None
         return Sample(ids[: self.seq_length], labels, truncated=True)
+
+    def prompt_ids(self, turns: list[dict]) -> list[int]:
+        """Ids of a conversation ending with a user turn, plus the generation prompt `<|assistant|>`: what a
+        model sees before it replies (one BOS; role tokens typed in messages stay text)."""
+        contents = self.encode_texts([t["content"] for t in turns])
+        ids, _ = self._assemble(tuple(t["role"] for t in turns), contents)
+        return ids + self._format_ids(ASSISTANT_TOKEN)
 
     def encode(self, conversations: list[list[dict]]) -> list[Sample | None]:
         """One `Sample` per conversation (turns as `records.read_chat` gives them), None when dropped."""

@@ -214,12 +214,14 @@ def save_outputs(save_dir: Path, step: int, prompts: list[str], outputs: list[st
 
 def evaluate_generation(model: Any, tokenizer: Any, prompts: list[str], accelerator: Any,
                         max_new_tokens: int = 32, save_dir: Path | None = None, step: int = 0,
-                        batch_size: int = 8) -> dict[str, float]:
+                        batch_size: int = 8, encode: Callable[[str], list[int]] | None = None
+                        ) -> dict[str, float]:
     """{"eval/generation/avg_new_tokens"} (new tokens up to and including the stop id); greedy; call on all
     ranks, each generates for its share of the prompts."""
     share = [(i, p) for i, p in rank_share(prompts, accelerator.process_index, accelerator.num_processes)
              if i is not None]
-    out = generate(model, tokenizer, [encode_with_bos(tokenizer, p) for _, p in share],
+    encode = encode or (lambda prompt: encode_with_bos(tokenizer, prompt))
+    out = generate(model, tokenizer, [encode(p) for _, p in share],
                    max_new_tokens=max_new_tokens, batch_size=batch_size, accelerator=accelerator)
     counts = out.completion_mask.sum(-1).tolist()
     local = [(i, (text, n)) for (i, _), text, n in zip(share, out.texts, counts, strict=True)]

@@ -35,9 +35,15 @@ def _generation(cfg, files, tokenizer, accelerator):
     e = cfg.eval
     prompts = [p for path in files for p in load_generation_prompts(path)]
     save_dir = Path(e.generation_eval_save_path or Path(cfg.work_dir) / "generation_eval")
+    encode = None
+    if cfg.stage_name() in CHAT_STAGES:  # a user turn + the generation prompt; stops at <|endofchat|>
+        from llms_trainer.data.sft import ChatEncoder
+
+        encoder = ChatEncoder(tokenizer, cfg.data.seq_length)
+        encode = lambda prompt: encoder.prompt_ids([{"role": "user", "content": prompt}])  # noqa: E731
     return lambda model, step: evaluate_generation(model, tokenizer, prompts, accelerator,
                                                    max_new_tokens=e.max_new_tokens, save_dir=save_dir, step=step,
-                                                   batch_size=e.batch_size)
+                                                   batch_size=e.batch_size, encode=encode)
 
 
 def _nll(cfg, files, tokenizer, accelerator):
@@ -48,10 +54,21 @@ def _nll(cfg, files, tokenizer, accelerator):
                                             batch_size=cfg.eval.batch_size)
 
 
+def _chat_nll(cfg, files, tokenizer, accelerator):
+    from llms_trainer.evaluation.nll import evaluate_windows, load_chat_windows
+
+    windows = [w for path in files for w in load_chat_windows(path, tokenizer, cfg.data.seq_length)]
+    return lambda model, step: evaluate_windows(model, tokenizer, windows, accelerator, cfg.eval.batch_size,
+                                                "eval/chat_nll")
+
+
+CHAT_STAGES = ("sft", "dpo", "grpo")  # their generation prompts go through the chat format
+
 EVAL_METHODS: dict[str, EvalMethod] = {
     "single_choice_eval": EvalMethod("single_choice_dataset", _single_choice),
     "generation_eval": EvalMethod("generation_dataset", _generation),
     "nll_eval": EvalMethod("nll_dataset", _nll),
+    "chat_nll_eval": EvalMethod("chat_nll_dataset", _chat_nll),
 }
 EVAL_ALIASES = {"nll": "nll_eval"}  # the original configs call it "nll"
 

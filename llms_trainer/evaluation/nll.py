@@ -78,15 +78,41 @@ def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int
     return list(zip(sums, counts, strict=True))
 
 
+def load_chat_windows(path: str | Path, tokenizer: Any, seq_length: int) -> list[tuple[list[int], list[int]]]:
+    """(inputs, targets) of held-out conversations (any SFT record format): targets are the assistant
+    tokens only (-100 elsewhere), encoded exactly as SFT trains on them."""
+    from llms_trainer.data.records import read_chat
+    from llms_trainer.data.sft import ChatEncoder, ChatTokenizerError
+
+    try:
+        encoder = ChatEncoder(tokenizer, seq_length)
+    except ChatTokenizerError as err:
+        raise EvalDataError(f"chat_nll_eval: {err}") from None
+    windows = []
+    for where, record in read_jsonl(path):
+        turns = read_chat(record)
+        if isinstance(turns, str):
+            raise EvalDataError(f"{where}: {turns}")
+        sample = encoder.encode([turns])[0]
+        if sample is not None:
+            windows.append((sample.ids[:-1], sample.labels[1:]))
+    return windows
+
+
 def evaluate_nll(model: Any, tokenizer: Any, texts: list[str], accelerator: Any, seq_length: int,
                  batch_size: int = 8) -> dict[str, float]:
-    """{"eval/nll/loss", "eval/nll/ppl"} over all target tokens of `texts`; call on all ranks.
-
-    Windows (not texts) are split across ranks, so every rank runs the same number of forward passes."""
-    windows = [w for text in texts for w in nll_windows(encode_document(tokenizer, text),
-                                                         seq_length)]
+    """{"eval/nll/loss", "eval/nll/ppl"} over all target tokens of `texts`; call on all ranks."""
+    windows = [w for text in texts for w in nll_windows(encode_document(tokenizer, text), seq_length)]
     if not windows:
         raise EvalDataError("NLL texts give no target tokens; each text must encode to at least 2 tokens")
+    return evaluate_windows(model, tokenizer, windows, accelerator, batch_size, "eval/nll")
+
+
+def evaluate_windows(model: Any, tokenizer: Any, windows: list[tuple[list[int], list[int]]], accelerator: Any,
+                     batch_size: int, prefix: str) -> dict[str, float]:
+    """{prefix/loss, prefix/ppl}: mean NLL over every target of `windows`; call on all ranks.
+
+    Windows are split across ranks, so every rank runs the same number of forward passes."""
     share = rank_share(windows, accelerator.process_index, accelerator.num_processes)
     local: list[tuple[int | None, tuple[float, int]]] = []
     with eval_mode(model):
@@ -94,5 +120,5 @@ def evaluate_nll(model: Any, tokenizer: Any, texts: list[str], accelerator: Any,
             per_window = window_nll(model, [w for _, w in batch], pad_id(tokenizer), accelerator.device)
             local += [(index, result) for (index, _), result in zip(batch, per_window, strict=True)]
     results = merge_results(gather_results(accelerator, local))
-    loss = sum(total for total, _ in results) / sum(count for _, count in results)
-    return {"eval/nll/loss": loss, "eval/nll/ppl": math.exp(min(loss, 700.0))}
+    loss = sum(total for total, _ in results) / max(1, sum(count for _, count in results))
+    return {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 700.0))}

@@ -106,8 +106,8 @@ def test_unknown_stage_and_foreign_sections_fail_at_check(write_config, model_co
         load_config(write_config(dpo={}))
     with pytest.raises(ConfigError, match=r"key data.reward_model_datasets: read by the reward stage only"):
         load_config(write_config(data={"reward_model_datasets": ["x.jsonl"]}))
-    with pytest.raises(ConfigError, match=r"key sft.on_bad_recordz: unknown key"):
-        load_config(write_config(sft={"on_bad_recordz": "skip"}))
+    with pytest.raises(ConfigError, match=r"key sft.on_bad_record: unknown key"):
+        load_config(write_config(stage="sft", sft={"on_bad_record": "skip"}))  # it is a data: key
 
 
 def test_a_registered_stage_missing_from_the_install_fails_at_check(write_config, model_config_file, capsys,

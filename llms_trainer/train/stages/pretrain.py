@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from llms_trainer.config import RunConfig
 from llms_trainer.data.mixing import load_policy, natural_weights
-from llms_trainer.data.packing import IGNORE_INDEX
+from llms_trainer.data.packing import IGNORE_INDEX, model_inputs, real_tokens
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader
 from llms_trainer.data.shards import list_shards
 from llms_trainer.evaluation.methods import build_evaluators
@@ -23,7 +23,8 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> ResumableLoader:
     spec = PretrainSpec(
         sources=sources, weights=weights, seq_length=d.seq_length, batch_size=cfg.train.train_batch_size,
         mode="concat" if d.concat_multiple_sequence else d.sequence_sample_mode, pad_to_max=d.pad_to_max,
-        seed=cfg.train.seed, max_epochs=cfg.train.num_training_epochs, buffer_records=d.shuffle_buffer_records)
+        seed=cfg.train.seed, max_epochs=cfg.train.num_training_epochs, buffer_records=d.shuffle_buffer_records,
+        document_attention=d.document_attention)
     data = PretrainData(spec, tokenizer, rank=accelerator.process_index, world_size=accelerator.num_processes)
     return ResumableLoader(data, num_workers=cfg.train.train_num_workers, prefetch_factor=cfg.train.prefetch_factor)
 
@@ -31,14 +32,6 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> ResumableLoader:
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
     """Position t predicts labels[t + 1]; the last position predicts nothing."""
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-
-
-def model_inputs(batch: dict) -> dict:
-    """The forward arguments of an LM batch (position_ids when the rows carry them)."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if "position_ids" in batch:
-        inputs["position_ids"] = batch["position_ids"]
-    return inputs
 
 
 def loss_sum(model, batch: dict) -> torch.Tensor:
@@ -60,8 +53,8 @@ def count_items(batch: dict) -> int:
 
 
 def count_tokens(batch: dict) -> int:
-    """Real (non-pad) input tokens of a micro-batch."""
-    return int(batch["attention_mask"].sum())
+    """Real (non-pad) input tokens of a micro-batch (padded or packed rows)."""
+    return real_tokens(batch)
 
 
 def build_evals(cfg: RunConfig, tokenizer, accelerator):
