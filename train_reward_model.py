@@ -9,8 +9,8 @@ tiny pretraining demo's checkpoint (run `python train_llms.py` first).
 Data: jsonl lines {"prompt", "selected" (or "chosen"), "rejected", optional "margin"} named by
 data.reward_model_datasets (files, globs, or shards of `data/compress_data.py --mode reward`).
 Writes work_dir/checkpoint-<step>/ (an AutoModelForSequenceClassification + tokenizer + trainer state;
-config.json carries reward_mean/reward_std of the last eval), work_dir/metrics.jsonl, work_dir/config.yaml,
-the metrics PNG and work_dir/reward_eval/delta_hist_step<n>.png.
+config.json carries reward_mean/reward_std of the last eval and reward_seq_length), work_dir/metrics.jsonl,
+work_dir/config.yaml, the metrics PNG and work_dir/reward_eval/delta_hist_step<n>.png.
 Exit codes: 0 done, 2 bad input (one `error:` line; nothing in work_dir changed), 1 training diverged.
 """
 

@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("pairs", nargs="+", help="jsonl file(s) of {prompt, selected|chosen, rejected}")
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per forward (default: 8)")
     parser.add_argument("--seq_length", type=int, default=None,
-                        help="tokens per sequence (default: the model's max_position_embeddings)")
+                        help="tokens per sequence (default: the data.seq_length the model was trained with, "
+                        "else its max_position_embeddings)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     return parser.parse_args(argv)
 

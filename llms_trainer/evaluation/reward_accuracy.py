@@ -98,14 +98,16 @@ def score_pairs(model: torch.nn.Module, tokenizer, prompts: list[str], responses
 
     Without `accelerator` this process scores every pair on the model's device. With it the pairs are split
     across processes and every process returns all scores (all processes must call it, with the same pairs).
-    `seq_length` defaults to the model's max_position_embeddings.
+    `seq_length` defaults to the one the model was trained with (config `reward_seq_length`), else to its
+    max_position_embeddings.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         return []
     config = base_model(model).config
-    length = seq_length or getattr(config, "max_position_embeddings", None) or 2048
+    length = (seq_length or getattr(config, "reward_seq_length", None)
+              or getattr(config, "max_position_embeddings", None) or 2048)
     rows = encode_sequences(tokenizer, list(prompts), list(responses), length)
     scores = _scored_in_shares(model, rows, lambda row: [row], pad_id_of(tokenizer), batch_size, accelerator)
     return [s[0] for s in scores]

@@ -106,6 +106,7 @@ def test_learns_a_preference_and_the_checkpoint_scores_as_training(tmp_path, tin
     config_json = json.loads((path / "config.json").read_text())
     assert config_json["reward_mean"] == pytest.approx(metrics["eval/reward/reward_mean"])
     assert config_json["reward_std"] == pytest.approx(metrics["eval/reward/reward_std"])
+    assert config_json["reward_seq_length"] == 64  # score_pairs truncates as training did
 
     assert load_script("utils/score_pairs.py").main([str(path), str(held)]) == 0
     right = sum(d > 0 for d in deltas)
@@ -160,7 +161,7 @@ def test_lora_checkpoint_keeps_the_trained_head_and_scores_as_training(tmp_path,
     train_file, held = write_pairs(tmp_path / "train.jsonl", 48, 4), write_pairs(tmp_path / "held.jsonl", 12, 5)
     config = reward_config(tmp_path, tiny_tokenizer_dir, "lora", [str(train_file)], [str(held)],
                            train={"num_training_epochs": 1, "use_lora": True, "lora_rank": 4, "lr": 1e-2},
-                           eval={"save_delta_scores": True})
+                           eval={"save_delta_scores": True}, data={"seq_length": 14})  # half the rows are cut
     result, _ = train(config, deterministic_model_config_file)
     path = tmp_path / "lora" / f"checkpoint-{result.step}"
     assert (path / "adapter" / "adapter_model.safetensors").is_file()

@@ -136,8 +136,12 @@ def pair_statistics(s_chosen: torch.Tensor, s_rejected: torch.Tensor) -> dict[st
 # -- the stage ------------------------------------------------------------------------------------------
 
 def build_model(cfg: RunConfig, tokenizer, model_config: str | None = None, weights_dir=None) -> torch.nn.Module:
-    """The reward model: a 1-label classifier; a new head is downscaled when train.downscale_weight."""
+    """The reward model: a 1-label classifier; a new head is downscaled when train.downscale_weight.
+
+    The config records `reward_seq_length` (data.seq_length), the truncation `score_pairs` applies by default.
+    """
     model = build_sequence_classifier(cfg, tokenizer, model_config, weights_dir)
+    model.config.reward_seq_length = cfg.data.seq_length
     architectures = getattr(model.config, "architectures", None) or []
     head_is_new = not any(name.endswith("ForSequenceClassification") for name in architectures)
     if cfg.train.downscale_weight and head_is_new:
