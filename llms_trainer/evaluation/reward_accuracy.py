@@ -106,6 +106,8 @@ def score_pairs(model: torch.nn.Module, tokenizer, prompts: list[str], responses
     if not prompts:
         return []
     config = base_model(model).config
+    if getattr(config, "pad_token_id", None) is None:  # transformers refuses batches without one (never read here)
+        config.pad_token_id = pad_id_of(tokenizer)
     length = (seq_length or getattr(config, "reward_seq_length", None)
               or getattr(config, "max_position_embeddings", None) or 2048)
     rows = encode_sequences(tokenizer, list(prompts), list(responses), length)
