@@ -16,11 +16,13 @@ Exit codes: 0 done, 2 bad input (one `error:` line; nothing in work_dir changed)
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from llms_trainer.train import cli
 
-DEMO_CONFIG = "configs/pretrain_configs/tiny_demo.yaml"
-DEMO_MODEL_CONFIG = "configs/model_configs/tiny_llama.json"
+ROOT = Path(__file__).resolve().parent
+DEMO_CONFIG = str(ROOT / "configs/pretrain_configs/tiny_demo.yaml")
+DEMO_MODEL_CONFIG = str(ROOT / "configs/model_configs/tiny_llama.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,11 @@ Exit codes: 0 done, 2 bad input (one `error:` line; nothing in work_dir changed)
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from llms_trainer.train import cli
 
-DEMO_CONFIG = "configs/reward_model_configs/tiny_demo.yaml"
+DEMO_CONFIG = str(Path(__file__).resolve().parent / "configs/reward_model_configs/tiny_demo.yaml")
 KEYS = ["data.reward_model_datasets", "data.batch_size", "data.seq_length", "data.dataset_map_num_proc",
         "train.num_training_epochs", "train.num_training_steps", "train.downscale_weight", "train.use_lora",
         "reward.on_bad_record", "reward.center_rewards_coefficient", "eval.test_reward_model_acc_files",

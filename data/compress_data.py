@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
 from llms_trainer.data.compress import (  # noqa: E402
     BAD_LINE_POLICIES,
     compress_sources,
@@ -33,7 +34,7 @@ BUNDLED = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--input", nargs="+", metavar="FILE|GLOB", help="jsonl files (default: bundled samples)")
     parser.add_argument("--output", help="output directory; each source goes to OUTPUT/<source>/")
     parser.add_argument("--name", help="put all inputs into one source of this name: letters, digits, _ - . "

@@ -2,7 +2,9 @@
 
 Every key of the original configs loads unchanged; new keys are additions with defaults. Unknown keys,
 wrong types, missing files and impossible combinations raise `ConfigError` with one message of the form
-`CFG: key a.b.c: problem` before any model is loaded. Paths are relative to the working directory.
+`CFG: key a.b.c: problem` before any model is loaded. Input paths are relative to the working directory,
+falling back to the repository's bundled files (so the shipped configs run from any directory); work_dir is
+relative to the working directory.
 Intervals and step counts are in optimizer steps (one step = `gradient_accumulation_steps` micro-batches on
 every process).
 """
@@ -19,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llms_trainer.evaluation.methods import EVAL_ALIASES, EVAL_METHODS, dataset_files
+from llms_trainer.io import atomic_write
 from llms_trainer.train.stages import REGISTRY as STAGES
 
 # accelerate tracker name → module that must import for it to work
@@ -362,9 +365,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
         raise ConfigError(_format_validation(err, where)) from None
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
+    _use_bundled_inputs(cfg)
     if check_files:
         _check_files(cfg, where, check_data)
     return cfg
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def bundled(path: str | None) -> str | None:
+    """A relative input path as given when it exists from the working directory, else the repository's
+    bundled file of that name when that exists (so shipped configs run from any directory)."""
+    if not path or os.path.isabs(path) or glob.glob(path) or os.path.exists(path):
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if glob.glob(str(candidate)) or candidate.exists() else path
+
+
+def _use_bundled_inputs(cfg: RunConfig) -> None:
+    """Point the config's relative input paths (data, policy, tokenizer, eval files) at bundled files when
+    they are not found from the working directory. Outputs (work_dir) stay relative to it."""
+    d, e = cfg.data, cfg.eval
+    d.data = {name: bundled(pattern) for name, pattern in d.data.items()}
+    d.sample_policy_file, d.tokenizer_path = bundled(d.sample_policy_file), bundled(d.tokenizer_path)
+    file_keys = [(e, method.dataset_key) for method in EVAL_METHODS.values()]
+    file_keys += [(d, "reward_model_datasets"), (e, "test_reward_model_acc_files")]
+    for section, key in file_keys:
+        value = getattr(section, key)
+        if isinstance(value, str):
+            setattr(section, key, bundled(value))
+        elif isinstance(value, list):
+            setattr(section, key, [bundled(v) for v in value])
+        elif isinstance(value, dict):
+            setattr(section, key, {k: bundled(v) for k, v in value.items()})
 
 
 def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> Path:
@@ -374,10 +408,7 @@ def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> 
     data = cfg.model_dump(mode="json")
     if extra:
         data["_run"] = extra
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 # keys of the original configs that this trainer accepts but does not need: (section, key, stages reading it)

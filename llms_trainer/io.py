@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 _ATTEMPTS = 100
@@ -54,3 +55,25 @@ def atomic_write(target: str | Path, data: bytes | str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def replace_dir(new: str | Path, final: str | Path) -> Path:
+    """Swap the finished directory `new` into place of `final` with renames: readers see the old one or the
+    new one, never a mix; the old one is deleted afterwards."""
+    new, final = Path(new), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def zero_stage(accelerator) -> int:
+    """The DeepSpeed ZeRO stage of a run (0 without DeepSpeed)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return 0
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0) or 0)

@@ -13,33 +13,18 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from llms_trainer.io import atomic_write
+
 Series = dict[str, tuple[list[int], list[float]]]
 _NOT_METRICS = ("step", "time")
-
-
-def atomic_write(target: Path, data: bytes) -> Path:
-    """Write `data` to a temp file next to `target`, then rename it over `target` (never half-written)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _clean(value: Any) -> float | None:
@@ -97,21 +82,55 @@ def metric_series(rows: list[dict]) -> Series:
     return {name: (sorted(points), [points[s] for s in sorted(points)]) for name, points in by_name.items()}
 
 
+def _is_loss(name: str) -> bool:
+    return name == "train/loss" or (name.startswith("eval/") and name.endswith("/loss"))
+
+
+# Panels in reading order: (title, does a metric belong to it); a metric goes to the first panel that takes it,
+# the rest get a panel each (training statistics first, then evaluations), sorted by name.
+PANELS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("loss (train, eval NLL)", _is_loss),
+    ("eval accuracy", lambda n: n.startswith("eval/") and n.endswith("acc")),
+    ("learning rate", lambda n: n == "train/lr"),
+    ("grad norm", lambda n: n == "train/grad_norm"),
+    ("tokens/s", lambda n: n == "train/tokens_per_s"),
+    ("data share of tokens", lambda n: n.startswith("data/") and n.endswith("/share")),
+    ("data epochs", lambda n: n.startswith("data/") and n.endswith("/epochs")),
+)
+
+
+def panel_plan(names: list[str]) -> list[tuple[str, list[str]]]:
+    """Which metrics each panel draws, the loss first; empty panels are left out."""
+    left = sorted(names)
+    plan = []
+    for title, takes in PANELS:
+        mine = [n for n in left if takes(n)]
+        left = [n for n in left if n not in mine]
+        if mine:
+            plan.append((title, mine))
+    others = sorted(left, key=lambda n: (not n.startswith("train/"), n))
+    return plan + [(n, [n]) for n in others]
+
+
 def metrics_figure(series: Series, title: str = "") -> Figure:
-    """One figure, a grid with one panel per metric (x = optimizer step); unused grid cells are hidden."""
-    names = sorted(series)
-    cols = max(1, min(3, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
+    """One figure, a grid of panels (x = optimizer step): the loss with eval NLL overlaid first, then eval
+    accuracies, lr, grad norm, throughput, data shares and epochs, then every other metric on its own."""
+    plan = panel_plan(list(series))
+    cols = max(1, min(3, len(plan)))
+    rows = max(1, math.ceil(len(plan) / cols))
     figure = Figure(figsize=(4.5 * cols, 3.2 * rows), layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False).ravel()
-    for ax, name in zip(axes, names, strict=False):
-        steps, values = series[name]
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None, linewidth=1.2)
-        ax.set_title(name, fontsize=9)
+    for ax, (panel, names) in zip(axes, plan, strict=False):
+        for name in names:
+            steps, values = series[name]
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None, linewidth=1.2, label=name)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(panel, fontsize=9)
         ax.set_xlabel("optimizer step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in axes[len(names):]:
+    for ax in axes[len(plan):]:
         ax.set_visible(False)
     if title:
         figure.suptitle(title)

@@ -51,7 +51,7 @@ def test_log_appends_one_json_line_per_call(tmp_path):
     assert accelerator.tracked == [(1, {"train/loss": 2.5, "train/lr": 1e-3}), (2, {"eval/损失": 1.25})]
 
 
-def test_plot_draws_one_panel_per_metric(tmp_path):
+def test_plot_draws_every_metric(tmp_path):
     logger = MetricsLogger(tmp_path, tmp_path / "img", "curves", FakeAccelerator())
     for step in range(1, 6):
         logger.log(step, {"train/loss": 3.0 / step, "train/lr": 1e-3, "eval/nll/ppl": math.inf})
@@ -61,7 +61,7 @@ def test_plot_draws_one_panel_per_metric(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["curves.png"]  # temp file renamed away
     figure = metrics_figure(metric_series(logger.rows))
-    assert sorted(visible_panels(figure)) == ["eval/nll/ppl", "eval/single_choice/acc", "train/loss", "train/lr"]
+    assert visible_panels(figure) == ["loss (train, eval NLL)", "eval accuracy", "learning rate", "eval/nll/ppl"]
     assert all(ax.get_xlabel() == "optimizer step" for ax in figure.axes if ax.get_visible())
     steps, values = metric_series(logger.rows)["train/loss"]
     assert steps == [1, 2, 3, 4, 5] and values[-1] == pytest.approx(0.6)
@@ -111,3 +111,18 @@ def test_resume_drops_replayed_steps_and_a_fresh_run_starts_a_new_file(tmp_path)
     assert [r["train/loss"] for r in read_lines(tmp_path / "metrics.jsonl")] == [9.0]
     assert len(read_lines(tmp_path / "metrics.prev.jsonl")) == 3
     assert metric_series(fresh.rows)["train/loss"] == ([10], [9.0])
+
+
+def test_plot_leads_with_the_loss_and_groups_related_curves():
+    from llms_trainer.metrics import panel_plan
+
+    names = ["data/a/epochs", "data/a/share", "data/b/share", "eval/nll/loss", "eval/nll/ppl",
+             "eval/single_choice/acc", "eval/single_choice/zh/acc", "train/grad_norm", "train/loss", "train/lr",
+             "train/tokens_per_s", "train/tokens_seen", "train/accuracy"]
+    plan = panel_plan(names)
+    assert plan[0] == ("loss (train, eval NLL)", ["eval/nll/loss", "train/loss"])
+    assert [title for title, _ in plan[1:7]] == ["eval accuracy", "learning rate", "grad norm", "tokens/s",
+                                                 "data share of tokens", "data epochs"]
+    assert plan[5][1] == ["data/a/share", "data/b/share"]
+    assert [title for title, _ in plan[7:]] == ["train/accuracy", "train/tokens_seen", "eval/nll/ppl"]
+    assert sorted(n for _, group in plan for n in group) == sorted(names)  # every metric drawn once

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
 from llms_trainer.tokenizer import TokenizerError  # noqa: E402
 from llms_trainer.tokenizer.chat import add_chat_tokens_to_dir, render_chat  # noqa: E402
 
@@ -23,7 +24,7 @@ EXAMPLE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--tokenizer", default=str(ROOT / "work_dirs/tokenizer/merged"), help="HF tokenizer dir")
     parser.add_argument("--output", default=str(ROOT / "work_dirs/tokenizer/chat"),
                         help="output HF tokenizer dir (must not exist)")

@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
 from llms_trainer.model.embeddings import extend_model  # noqa: E402
 from llms_trainer.tokenizer import TokenizerError  # noqa: E402
 
@@ -25,7 +26,7 @@ RULE_NAMES = {"pieces": "mean of its old pieces", "special": "special token: mea
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", required=True, help="HF model dir (a checkpoint)")
     parser.add_argument("--old-tokenizer", help="the model's tokenizer dir (default: --model)")
     parser.add_argument("--new-tokenizer", default=str(ROOT / "work_dirs/tokenizer/chat"),

@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
 from llms_trainer.data.mixing import PolicyError, load_policy, natural_weights  # noqa: E402
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader  # noqa: E402
 from llms_trainer.data.shards import ShardError, list_shards  # noqa: E402
@@ -24,7 +25,7 @@ BATCH_ROWS = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--data", type=Path, default=ROOT / "data/pretrain_data",
                         help="directory of compressed sources, one sub-directory each (default: data/pretrain_data)")
     parser.add_argument("--policy", type=Path,

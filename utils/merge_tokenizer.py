@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
 from llms_trainer.tokenizer import TokenizerError  # noqa: E402
 from llms_trainer.tokenizer.merge import merge_tokenizer, report_lines  # noqa: E402
 
@@ -26,7 +27,7 @@ DEFAULT_REPORT_TEXT = ROOT / "eval_data/pretrain/nll.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--base", default=str(ROOT / "configs/tokenizers/demo_base"),
                         help="SentencePiece .model or HF tokenizer dir (default: the demo base tokenizer)")
     parser.add_argument("--add", default=str(ROOT / "work_dirs/tokenizer/new_sp.model"),

@@ -17,9 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("checkpoint", help="reward-model checkpoint dir (AutoModelForSequenceClassification + "
                         "tokenizer), e.g. work_dirs/<run>/checkpoint-<step>")
     parser.add_argument("pairs", nargs="+", help="jsonl file(s) of {prompt, selected|chosen, rejected}")

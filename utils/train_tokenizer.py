@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llms_trainer.cli import make_parser  # noqa: E402
 from llms_trainer.tokenizer import TokenizerError  # noqa: E402
 from llms_trainer.tokenizer.train import (  # noqa: E402
     MODEL_TYPES,
@@ -34,7 +35,7 @@ def default_data() -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--data", nargs="+", metavar="GLOB|SOURCE_DIR",
                         help="shard source dirs, dirs of sources, or globs of *.jsonl.zst / *.jsonl")
     parser.add_argument("--vocab-size", type=int, default=2000, help="pieces in the model (default 2000)")

@@ -4,7 +4,8 @@
 *after* it. Every (rank, DataLoader worker) pair is one data *unit* reading its own records.
 `ResumableLoader` wraps the DataLoader, keeps the latest state of each worker and which worker delivers the
 next batch, and on resume gives each new worker the state of the worker whose turn it now is, so the
-resumed run sees exactly the batches an uninterrupted run would.
+resumed run sees exactly the batches an uninterrupted run would. The SFT data (`sft.SFTData`) is the same
+machinery with its own chain.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .mixing import Mixture, TokenizedSource, mixture_report
-from .packing import Packer, collate_rows
+from .packing import Packer, collate_packed, collate_rows
 from .records import pretrain_text
 from .shards import ShardInfo
 from .stream import SourceStream
@@ -67,6 +68,7 @@ class PretrainSpec:
     max_epochs: int | None = None  # None: sources repeat forever (step-limited training)
     buffer_records: int = 1024
     tokenize_batch_docs: int = 64
+    document_attention: bool = False  # concat rows: positions restart per document, no attention across
 
 
 class Chain:
@@ -97,7 +99,13 @@ class Chain:
 
 
 class PretrainData(IterableDataset):
-    """Micro-batches `{"input_ids", "labels", "attention_mask", "state"}` for one rank."""
+    """Micro-batches `{"input_ids", "labels", "attention_mask", "state"}` for one rank.
+
+    With `document_attention` (concat mode) a batch is `{"input_ids", "labels", "position_ids",
+    "document_ids", "state"}` (`packing.collate_packed`); call the model with `packing.model_inputs(batch)`.
+    """
+
+    chain_class = Chain
 
     def __init__(self, spec: PretrainSpec, tokenizer, rank: int = 0, world_size: int = 1):
         self.spec, self.tokenizer, self.rank, self.world_size = spec, tokenizer, rank, world_size
@@ -109,7 +117,7 @@ class PretrainData(IterableDataset):
         num_units = self.world_size * num_workers
         state = self.worker_states[worker] if self.worker_states else None
         unit = state["unit"] if state else self.rank * num_workers + worker
-        chain = Chain(self.spec, self.tokenizer, unit, num_units)
+        chain = self.chain_class(self.spec, self.tokenizer, unit, num_units)
         if state:
             chain.load_state_dict(state)
         return chain
@@ -120,15 +128,41 @@ class PretrainData(IterableDataset):
         if info:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
         chain = self.chain_for(worker, num_workers)
-        pad_to = self.spec.seq_length if (self.spec.pad_to_max or self.spec.mode == "concat") else None
-        rows: list[list[int]] = []
-        for row in chain.packer:
+        rows: list = []
+        for row in self.rows(chain):
             rows.append(row)
             if len(rows) == self.spec.batch_size:
-                yield {**collate_rows(rows, self.pad_id, pad_to), "state": chain.state_dict()}
+                yield {**self.collate(rows), "state": chain.state_dict()}
                 rows = []
         if rows:
-            yield {**collate_rows(rows, self.pad_id, pad_to), "state": chain.state_dict()}
+            yield {**self.collate(rows), "state": chain.state_dict()}
+
+    def rows(self, chain: Chain) -> Iterator:
+        """The rows a chain yields (with document starts under document attention)."""
+        if self.spec.document_attention and self.spec.mode == "concat":
+            return chain.packer.rows_with_starts()
+        return iter(chain.packer)
+
+    def collate(self, rows: list) -> dict[str, torch.Tensor]:
+        """One micro-batch of tensors from `batch_size` rows."""
+        if self.spec.document_attention and self.spec.mode == "concat":
+            return collate_packed([(ids, ids, starts) for ids, starts in rows], self.pad_id, self.spec.seq_length)
+        pad_to = self.spec.seq_length if (self.spec.pad_to_max or self.spec.mode == "concat") else None
+        return collate_rows(rows, self.pad_id, pad_to)
+
+    def report(self, worker_states: list[dict]) -> dict:
+        """Tokens, share and epochs per source, summed over the given worker states."""
+        totals: dict[str, dict[str, float]] = {}
+        chain = self.chain_class(self.spec, self.tokenizer, 0, 1)
+        for state in worker_states:
+            for name, row in chain.report(state).items():
+                acc = totals.setdefault(name, {"tokens": 0, "epochs": 0.0})
+                acc["tokens"] += row["tokens"]
+                acc["epochs"] = max(acc["epochs"], row["epochs"])
+        grand = max(1, sum(r["tokens"] for r in totals.values()))
+        for row in totals.values():
+            row["share"] = row["tokens"] / grand
+        return totals
 
 
 def _identity(batch: dict) -> dict:
@@ -172,15 +206,5 @@ class ResumableLoader:
             yield batch
 
     def report(self) -> dict:
-        """Tokens, share and epochs per source, summed over this rank's workers."""
-        totals: dict[str, dict[str, float]] = {}
-        chain = Chain(self.dataset.spec, self.dataset.tokenizer, 0, 1)
-        for state in self.worker_states:
-            for name, row in chain.report(state).items():
-                acc = totals.setdefault(name, {"tokens": 0, "epochs": 0.0})
-                acc["tokens"] += row["tokens"]
-                acc["epochs"] = max(acc["epochs"], row["epochs"])
-        grand = max(1, sum(r["tokens"] for r in totals.values()))
-        for row in totals.values():
-            row["share"] = row["tokens"] / grand
-        return totals
+        """Per source (tokens, share, epochs, …), summed over this rank's workers."""
+        return self.dataset.report(self.worker_states)

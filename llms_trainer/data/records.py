@@ -11,8 +11,20 @@ Pretraining fields (first match wins; parts joined with one newline):
 | `user` + `assistant`   | user + "\\n" + assistant   |
 | `content`              | content                   |
 
-Chat formats: `{"messages": [{"role", "content"}]}`, ShareGPT `{"conversations": [{"from", "value"}]}`,
-Alpaca `{"instruction", "input", "output"}` and `{"user", "assistant"}`.
+Chat formats (SFT), detected per record in this order:
+
+| fields                                           | turns                                                  |
+|--------------------------------------------------|--------------------------------------------------------|
+| `messages` or `dialog`: [{`role`, `content`}]    | roles `system`, `user`, `assistant`                    |
+| `conversations`: [{`from`, `value`}] (ShareGPT)  | `system`; `human`/`user` → user; `gpt`/`bot` → assistant |
+| `instruction` + `output` (+ `input`) (Alpaca)    | user: instruction (+ "\\n" + input); assistant: output |
+| `user` + `assistant`                             | user; assistant                                        |
+| `prompt` + `response`                            | user; assistant                                        |
+
+A conversation is an optional `system` turn first, then `user` and `assistant` turns alternating, starting
+with `user` and ending with `assistant`; every content is a non-blank string. Anything else (no assistant
+turn, an empty turn, a wrong order, an unknown role or format) is a bad record: `read_chat` returns the reason.
+
 Preference pairs: `{"prompt", "selected", "rejected"}` (`chosen` is accepted for `selected`).
 """
 
@@ -46,26 +58,81 @@ def pretrain_text(record: dict) -> str | None:
     return None
 
 
-def chat_turns(record: dict) -> list[Turn] | None:
-    """Chat turns [{"role", "content"}] of an SFT record, or None when no format matches."""
-    if isinstance(record.get("messages"), list):
-        turns = [{"role": m.get("role"), "content": m.get("content")} for m in record["messages"]
-                 if isinstance(m, dict)]
-    elif isinstance(record.get("conversations"), list):
-        turns = [{"role": _SHAREGPT_ROLES.get(str(m.get("from")), str(m.get("from"))), "content": m.get("value")}
-                 for m in record["conversations"] if isinstance(m, dict)]
-    elif _text(record.get("instruction")) and _text(record.get("output")):
-        prompt = record["instruction"]
-        if _text(record.get("input")):
-            prompt = f"{prompt}\n{record['input']}"
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
-    elif _text(record.get("user")) and _text(record.get("assistant")):
-        turns = [{"role": "user", "content": record["user"]}, {"role": "assistant", "content": record["assistant"]}]
+def _message_turns(messages: object, role_key: str, content_key: str, roles: dict[str, str]) -> list[Turn] | str:
+    if not isinstance(messages, list) or not messages:
+        return "the turn list is empty or not a list"
+    turns: list[Turn] = []
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            return f"turn {number} is not an object"
+        name = message.get(role_key)
+        role = roles.get(name) if isinstance(name, str) else None
+        if role is None:
+            return f"turn {number}: {role_key} {name!r} is not one of {', '.join(sorted(roles))}"
+        turns.append({"role": role, "content": message.get(content_key)})
+    return turns
+
+
+def _pair_turns(record: dict, user_key: str, reply_key: str) -> list[Turn]:
+    return [{"role": "user", "content": record[user_key]}, {"role": "assistant", "content": record[reply_key]}]
+
+
+def _alpaca_turns(record: dict) -> list[Turn] | str:
+    prompt, extra = record["instruction"], record.get("input")
+    if extra is not None and not isinstance(extra, str):
+        return "field input is not a string"
+    if isinstance(prompt, str) and extra and extra.strip():
+        prompt = f"{prompt}\n{extra}"
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+
+
+def order_problem(turns: list[Turn]) -> str | None:
+    """Why turns are not [system] + (user, assistant)+ with non-blank string contents, or None."""
+    for number, turn in enumerate(turns, 1):
+        if not _text(turn["content"]):
+            return f"turn {number} ({turn['role']}): content is empty or not a string"
+    body = turns[1:] if turns[0]["role"] == "system" else turns
+    for index, turn in enumerate(body):
+        number = index + 1 + len(turns) - len(body)
+        expected = "user" if index % 2 == 0 else "assistant"
+        if turn["role"] != expected:
+            where = "is only allowed as the first turn" if turn["role"] == "system" else f"where {expected!r} belongs"
+            return f"turn {number}: {turn['role']!r} {where} (order: [system], user, assistant, user, ...)"
+    if not body:
+        return "no assistant turn"
+    if body[-1]["role"] != "assistant":
+        return "the last turn is 'user': a conversation must end with an assistant turn"
+    return None
+
+
+def read_chat(record: dict) -> list[Turn] | str:
+    """Chat turns [{"role", "content"}] of an SFT record, or the reason it is a bad record."""
+    if "messages" in record or "dialog" in record:
+        key = "messages" if "messages" in record else "dialog"
+        turns = _message_turns(record[key], "role", "content", {r: r for r in ROLES})
+    elif "conversations" in record:
+        turns = _message_turns(record["conversations"], "from", "value", _SHAREGPT_ROLES)
+    elif "instruction" in record and "output" in record:
+        turns = _alpaca_turns(record)
+    elif "user" in record and "assistant" in record:
+        turns = _pair_turns(record, "user", "assistant")
+    elif "prompt" in record and "response" in record:
+        turns = _pair_turns(record, "prompt", "response")
     else:
-        return None
-    valid = turns and all(t["role"] in ROLES and _text(t["content"]) for t in turns)
-    has_reply = any(t["role"] == "assistant" for t in turns)
-    return turns if valid and has_reply else None
+        return CHAT_FORMATS_HINT
+    if isinstance(turns, str):
+        return turns
+    return order_problem(turns) or turns
+
+
+CHAT_FORMATS_HINT = ("unknown chat format (expected messages|dialog[role,content], conversations[from,value], "
+                     "instruction+output, user+assistant or prompt+response)")
+
+
+def chat_turns(record: dict) -> list[Turn] | None:
+    """Chat turns of an SFT record, or None when it is a bad record (`read_chat` says why)."""
+    turns = read_chat(record)
+    return None if isinstance(turns, str) else turns
 
 
 def preference_pair(record: dict) -> tuple[str, str, str] | None:
@@ -75,12 +142,20 @@ def preference_pair(record: dict) -> tuple[str, str, str] | None:
     return (prompt, selected, rejected) if prompt and selected and rejected else None
 
 
-MODES = {
-    "pretrain": (pretrain_text, "no text field (expected one of: "
-                 + ", ".join("+".join(f) for f in PRETRAIN_FIELDS) + ")"),
-    "sft": (chat_turns, "no chat turns (expected messages[role,content], conversations[from,value], "
-            "instruction+output or user+assistant, with at least one assistant turn)"),
-    "reward": (preference_pair, "no preference pair (expected prompt, selected, rejected)"),
+def _chat_problem(record: dict) -> str | None:
+    turns = read_chat(record)
+    return turns if isinstance(turns, str) else None
+
+
+def _found(extract, reason: str):
+    return lambda record: None if extract(record) is not None else reason
+
+
+MODES = {  # mode → record → problem or None
+    "pretrain": _found(pretrain_text, "no text field (expected one of: "
+                       + ", ".join("+".join(f) for f in PRETRAIN_FIELDS) + ")"),
+    "sft": _chat_problem,
+    "reward": _found(preference_pair, "no preference pair (expected prompt, selected, rejected)"),
 }
 
 
@@ -88,5 +163,4 @@ def record_problem(record: object, mode: str) -> str | None:
     """Why a parsed JSON value is unusable for `mode`, or None when it is fine."""
     if not isinstance(record, dict):
         return f"not a JSON object (got {type(record).__name__})"
-    extract, reason = MODES[mode]
-    return None if extract(record) is not None else reason
+    return MODES[mode](record)

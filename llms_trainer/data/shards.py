@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zstandard
 
-from ..io import make_temp_dir
+from ..io import make_temp_dir, replace_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -154,7 +154,7 @@ def stage_source(
 def commit_source(staged: Path, out_dir: str | Path, source: str) -> Path:
     """Move a staged source into `<out_dir>/<source>`, replacing the old one with renames."""
     final = Path(out_dir) / check_source_name(source)
-    _replace_dir(staged, final)
+    replace_dir(staged, final)
     return final
 
 
@@ -163,17 +163,6 @@ def write_source(lines: Iterable[str], out_dir: str | Path, source: str, **optio
     staged, manifest = stage_source(lines, out_dir, source, **options)
     commit_source(staged, out_dir, source)
     return manifest
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Swap `new` into place of `final` with renames, so readers never see a half-written source."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(source_dir: str | Path) -> dict:

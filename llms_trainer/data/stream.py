@@ -8,13 +8,15 @@ its records in chunks of `buffer_records` (a bounded buffer), each chunk permute
 
 The state is four integers — epoch, chunk start (shard position, line), records taken from the chunk — so
 resuming re-reads at most one chunk and never replays consumed records. A source with fewer records than
-units gives every unit the record `unit % records` (it repeats instead of starving a rank).
+units gives every unit the record `unit % records` (it repeats instead of starving a rank). `position` is the
+(shard path, line) of the record last handed out, for messages about bad records.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 from .shards import ShardError, ShardInfo, iter_shard_lines, parse_shard_line
 
@@ -45,6 +47,7 @@ class SourceStream:
             raise ShardError(f"{shards[0].path.parent}: source has no records")
         self.epoch = self.shard_pos = self.line = self.taken = 0
         self._reader: tuple[int, int, Iterator[str]] | None = None  # (shard_pos, next line, lines)
+        self.position: tuple[Path, int] | None = None  # (shard, 1-based line) of the last record handed out
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -86,9 +89,9 @@ class SourceStream:
             return self._reader[2]
         return iter_shard_lines(shard, skip=line)
 
-    def _read_chunk(self, order: list[int], starts: list[int]) -> tuple[list[dict], int, int]:
-        """Up to `buffer_records` of this unit's records from the chunk start; returns them and the end."""
-        records: list[dict] = []
+    def _read_chunk(self, order: list[int], starts: list[int]) -> tuple[list[tuple[dict, Path, int]], int, int]:
+        """Up to `buffer_records` of this unit's (record, shard path, line) from the chunk start, and the end."""
+        records: list[tuple[dict, Path, int]] = []
         shard_pos, line = self.shard_pos, self.line
         while shard_pos < len(order) and len(records) < self.buffer_records:
             shard = self.shards[order[shard_pos]]
@@ -98,7 +101,7 @@ class SourceStream:
                 if line > shard.records:
                     raise _count_mismatch(shard, "more")
                 if self._mine(starts[shard_pos] + line - 1):
-                    records.append(parse_shard_line(text, shard.path, line))
+                    records.append((parse_shard_line(text, shard.path, line), shard.path, line))
                     if len(records) == self.buffer_records:
                         break
             else:
@@ -126,7 +129,9 @@ class SourceStream:
                 random.Random(chunk_seed).shuffle(permutation)
                 while self.taken < len(records):
                     self.taken += 1
-                    yield records[permutation[self.taken - 1]]
+                    record, path, line = records[permutation[self.taken - 1]]
+                    self.position = (path, line)
+                    yield record
                 self.shard_pos, self.line, self.taken = end_pos, end_line, 0
             self.epoch, self.shard_pos, self.line, self.taken = self.epoch + 1, 0, 0, 0
 

@@ -128,5 +128,6 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def is_zero3(accelerator: Any) -> bool:
     """True under DeepSpeed ZeRO stage 3 (parameters sharded: all ranks must run every forward together)."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and getattr(plugin, "zero_stage", None) == 3
+    from llms_trainer.io import zero_stage
+
+    return zero_stage(accelerator) == 3

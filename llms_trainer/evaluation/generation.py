@@ -35,7 +35,7 @@ from llms_trainer.evaluation import (
     rank_share,
     read_jsonl,
 )
-from llms_trainer.metrics import atomic_write
+from llms_trainer.io import atomic_write
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llms_trainer.data.packing import IGNORE_INDEX
 from llms_trainer.evaluation import (
     EvalDataError,
     batches,
@@ -28,8 +29,6 @@ from llms_trainer.evaluation import (
     rank_share,
     read_jsonl,
 )
-
-IGNORE_INDEX = -100
 
 
 def load_nll_texts(path: str | Path) -> list[str]:

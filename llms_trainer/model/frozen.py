@@ -14,13 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-
-def zero_stage(accelerator) -> int:
-    """The DeepSpeed ZeRO stage of this run (0 without DeepSpeed)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return 0
-    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0) or 0)
+from llms_trainer.io import zero_stage
 
 
 def prepare_frozen(model: torch.nn.Module, accelerator) -> torch.nn.Module:

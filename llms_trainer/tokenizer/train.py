@@ -12,8 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from glob import glob
@@ -24,6 +22,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from llms_trainer.data.records import chat_turns, pretrain_text
 from llms_trainer.data.shards import MANIFEST, ShardError, iter_records, list_shards
+from llms_trainer.io import atomic_write
 from llms_trainer.tokenizer import TokenizerError
 
 MODEL_TYPES = ("bpe", "unigram")
@@ -220,17 +219,9 @@ def output_paths(prefix: str | Path) -> tuple[Path, Path]:
 
 def save_model(model_bytes: bytes, prefix: str | Path) -> tuple[Path, Path]:
     """Write PREFIX.model and PREFIX.vocab; refuses to overwrite; nothing half-written on failure."""
-    prefix = Path(prefix)
-    targets = output_paths(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.tmp-", dir=prefix.parent))
-    try:
-        (tmp / "m").write_bytes(model_bytes)
-        (tmp / "v").write_text("\n".join(vocab_lines(model_bytes)) + "\n", encoding="utf-8")
-        os.replace(tmp / "m", targets[0])
-        os.replace(tmp / "v", targets[1])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    targets = output_paths(Path(prefix))
+    atomic_write(targets[0], model_bytes)
+    atomic_write(targets[1], "\n".join(vocab_lines(model_bytes)) + "\n")
     return targets
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from llms_trainer.io import replace_dir, zero_stage
 from llms_trainer.tokenizer import TokenizerError
 from llms_trainer.tokenizer.save import save_tokenizer
 from llms_trainer.train.errors import CheckpointError, NonFiniteError, any_rank
@@ -49,7 +50,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 # What a failed write raises: safetensors and torch.save report I/O errors (disk full, file too large) as
 # their own SafetensorError and RuntimeError.
 WRITE_ERRORS = (OSError, SafetensorError, RuntimeError, TokenizerError)
-_LEFTOVER = re.compile(r"^checkpoint-\d+\.(partial|deleting|old)$")
+_LEFTOVER = re.compile(r"^(checkpoint-\d+\.(partial|deleting)|\.checkpoint-\d+\.old-\w+)$")
 
 
 def complete_checkpoints(work_dir: str | Path) -> list[tuple[int, Path]]:
@@ -124,7 +125,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def is_deepspeed(accelerator) -> bool:
-    return accelerator.state.deepspeed_plugin is not None
+    return zero_stage(accelerator) > 0 or accelerator.state.deepspeed_plugin is not None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -250,21 +251,10 @@ def save_checkpoint(accelerator, model, tokenizer, optimizer, stage_run, state: 
         raise error
     if accelerator.is_main_process:
         _write_json(partial / MARKER, {"step": step, "time": time.time()})
-        _replace_dir(partial, final)
+        replace_dir(partial, final)
         rotate_checkpoints(work_dir, save_total_limit, state.get("lineage"), keep=final)
     accelerator.wait_for_everyone()
     return final
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f"{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def rotate_checkpoints(work_dir: str | Path, save_total_limit: int | None, lineage: str | None,

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script's doc as written, and every option's default."""
+from llms_trainer.cli import make_parser
 
 
 def parse_args(argv: list[str] | None, doc: str, demo_config: str, demo_model_config: str | None,
@@ -28,7 +27,8 @@ def parse_args(argv: list[str] | None, doc: str, demo_config: str, demo_model_co
     epilog = None
     if help_keys and any(a in ("-h", "--help") for a in argv):
         epilog = "config keys of this stage (the others as in train_llms.py):\n" + config_keys_help(help_keys)
-    parser = argparse.ArgumentParser(description=doc, epilog=epilog, formatter_class=_HelpFormatter)
+    parser = make_parser(doc)
+    parser.epilog = epilog
     parser.add_argument("--train_config", default=demo_config, help="training YAML")
     parser.add_argument("--model_config", help="config.json or YAML of a model to initialise from scratch "
                         "(used when train.ckpt is null)" + (f"; with the demo config: {demo_model_config}"
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None, doc: str, demo_config: str, demo_model_co
                         help="only validate the config (keys, types, files) and exit; the .sh launchers do this first")
     parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value", help="config overrides")
     args = parser.parse_args(argv)
-    if args.train_config == demo_config and args.model_config is None:
+    if Path(args.train_config).resolve() == Path(demo_config).resolve() and args.model_config is None:
         args.model_config = demo_model_config
     return args
 

@@ -24,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from llms_trainer.config import ConfigError, RunConfig
+from llms_trainer.io import zero_stage
+from llms_trainer.model.load import count_parameters
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, agreed, stop_if_any
 from llms_trainer.train.stages import Stage, StageContext, StageRun, Stats
@@ -112,7 +114,7 @@ def configure_deepspeed(accelerator, train) -> None:
     ds["train_batch_size"] = train.train_batch_size * train.gradient_accumulation_steps * accelerator.num_processes
     ds["gradient_clipping"] = train.max_grad_norm or 0.0
     zero = ds.setdefault("zero_optimization", {})
-    if zero.get("stage") == 3:
+    if zero_stage(accelerator) == 3:
         if train.use_lora:
             raise ConfigError("key train.use_lora: LoRA under ZeRO-3 is not supported; use a ZeRO-1/2 accelerate config")
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -124,7 +126,7 @@ def configure_deepspeed(accelerator, train) -> None:
 def flops_per_token(model) -> tuple[float, float]:
     """(6·N, 12·layers·hidden): FLOPs per trained token are 6·N + 12·layers·hidden·seq (forward + backward)."""
     config = getattr(model, "config", None)
-    n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    n_params = count_parameters(model)[1]
     layers, hidden = getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
     return 6 * n_params, 12 * layers * hidden
 

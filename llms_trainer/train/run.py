@@ -76,12 +76,10 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
             logger = MetricsLogger(cfg.work_dir, cfg.train.img_log_dir, cfg.train.img_log_name, accelerator)
         if cfg.train.log_with:
             accelerator.init_trackers(Path(cfg.work_dir).name, config=_flat(cfg.model_dump(mode="json")))
-        try:
-            return engine.train(cfg, stage, model, tokenizer, accelerator, loader, evals, logger, resume_from,
-                                lineage, model_config)
-        finally:
-            accelerator.end_training()
+        return engine.train(cfg, stage, model, tokenizer, accelerator, loader, evals, logger, resume_from,
+                            lineage, model_config)
     finally:
+        accelerator.end_training()  # also after a setup error: a live gloo group can abort the exit
         if lock is not None:
             lock.close()
 

@@ -70,7 +70,7 @@ def test_sft_mode_checks_chat_fields(tmp_path):
         {"instruction": "Add", "input": "1+1", "output": "2"},
         {"messages": [{"role": "user", "content": "no reply"}]},
     ])
-    with pytest.raises(BadLineError, match=r"chat\.jsonl:3: no chat turns"):
+    with pytest.raises(BadLineError, match=r"chat\.jsonl:3: the last turn is .user."):
         _compress(tmp_path, [src], mode="sft")
 
 

@@ -98,3 +98,17 @@ def test_launch_script_rejects_bad_config_before_launching(write_config, model_c
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "key train.lr: Input should be greater than 0" in proc.stderr
+
+
+def test_shipped_config_finds_its_bundled_inputs_from_any_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(root / "configs/pretrain_configs/tiny_demo.yaml", check_data=False)
+    assert cfg.data.tokenizer_path == str(root / "configs/tokenizers/demo_base")
+    assert cfg.eval.nll_dataset == str(root / "eval_data/pretrain/nll.jsonl")
+    assert cfg.work_dir == "work_dirs/tiny_demo"  # outputs stay where the user runs
+    (tmp_path / "configs/tokenizers/demo_base").mkdir(parents=True)  # a local file of that name wins
+    assert load_config(root / "configs/pretrain_configs/tiny_demo.yaml", check_data=False).data.tokenizer_path \
+        == "configs/tokenizers/demo_base"
