@@ -60,23 +60,30 @@ class DataConfig(Section):
     split_by_shard: bool = Field(False, description="accepted for compatibility; no effect: records are dealt "
                                  "to ranks × workers one by one, which balances any number of shards")
     shuffle_buffer_records: int = Field(1024, ge=1, description="records of one data unit shuffled together")
-    on_bad_record: Literal["error", "skip"] = Field("error", description="sft/reward/dpo records with no "
-                                                    "assistant turn, an empty turn, a wrong role order or an "
-                                                    "unknown format: stop naming SHARD:LINE, or skip and count "
-                                                    "them per source")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="sft/reward/dpo training records that "
+                                                    "are unusable (sft: no assistant turn, an empty turn, a wrong "
+                                                    "role order, an unknown format; pairs: not JSON, a field "
+                                                    "missing, a non-numeric margin): stop naming the file and "
+                                                    "line, or skip and count them")
     pack_buffer_conversations: int = Field(1024, ge=1, description="sft packing: conversations grouped per "
                                            "best-fit-decreasing round")
     document_attention: bool = Field(False, description="pretraining packed rows: positions restart per "
                                      "document and attention stays inside it (SFT packing always does)")
-    # reward-model keys (a later stage reads them; accepted here so its configs share this schema)
-    reward_model_datasets: Any = Field(None, description="reward model stage only")
-    batch_size: int | None = Field(None, ge=1, description="reward model stage only")
-    dataset_map_num_proc: int | None = Field(None, ge=1, description="reward model stage only")
+    # reward-model keys (read by the reward stage only)
+    reward_model_datasets: Datasets = Field(None, description="reward stage: preference-pair jsonl file(s), "
+                                            "globs or shard dirs (compress_data.py --mode reward); a path, a "
+                                            "list or {name: path}")
+    batch_size: int | None = Field(None, ge=1, description="reward stage: pairs per micro-batch per process "
+                                   "(takes the place of train.train_batch_size)")
+    dataset_map_num_proc: int | None = Field(None, ge=1, description="accepted for compatibility; no effect: "
+                                             "pairs are tokenized in batches by the fast tokenizer")
 
 
 class TrainConfig(Section):
     train_batch_size: int = Field(1, ge=1, description="micro-batch rows per process (per device)")
-    num_training_steps: int = Field(..., ge=1, description="optimizer steps to train (schedule length)")
+    num_training_steps: int | None = Field(None, ge=1, description="optimizer steps to train (schedule length); "
+                                           "required, except that the reward stage computes it from "
+                                           "num_training_epochs when it is not given")
     num_warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
     initializer_range: float | None = Field(None, gt=0, description="std of the init (from-scratch only)")
     lr: float = Field(3e-4, gt=0, description="peak learning rate")
@@ -110,8 +117,10 @@ class TrainConfig(Section):
         "embed_tokens", description="module name(s) trained with train_token_embeddings_only, e.g. "
         "[embed_tokens, lm_head]")
     num_training_epochs: int | None = Field(None, ge=1, description="stop when every source has been read "
-                                            "this many times (also bounded by num_training_steps)")
-    downscale_weight: bool = Field(False, description="accepted for compatibility; no effect in pretrain/SFT")
+                                            "this many times (also bounded by num_training_steps); reward "
+                                            "stage: passes over the pairs")
+    downscale_weight: bool = Field(False, description="reward stage: multiply a newly initialised score head "
+                                   "by 0.1; no effect in other stages")
     seed: int = Field(42, description="seed of model init, data order and dropout")
     resume: str = Field("auto", description="auto: newest complete checkpoint in work_dir | a checkpoint dir "
                         "| none")
@@ -140,9 +149,12 @@ class EvalConfig(Section):
     nll_dataset: Datasets = Field(None, description="held-out text jsonl file(s)")
     chat_nll_dataset: Datasets = Field(None, description="held-out conversations (any SFT record format) for "
                                        "chat_nll_eval: NLL of the assistant tokens only")
-    test_reward_model_acc_files: list[str] | None = Field(None, description="reward model stage only")
-    save_delta_scores: bool = Field(False, description="reward model stage only")
-    delta_scores_save_path: str | None = Field(None, description="reward model stage only")
+    test_reward_model_acc_files: Datasets = Field(None, description="reward stage: held-out preference-pair "
+                                                  "jsonl file(s) for pair accuracy; a path, a list or {name: path}")
+    save_delta_scores: bool = Field(False, description="reward stage: write every eval's chosen - rejected "
+                                    "scores to step_<n>.json")
+    delta_scores_save_path: str | None = Field(None, description="reward stage: directory of the delta files; "
+                                               "default work_dir/delta_scores")
     max_new_tokens: int = Field(32, ge=1, description="generation_eval: tokens generated per prompt")
     few_shot_prefix: str = Field("", description="single_choice_eval: text put before every question")
     batch_size: int = Field(8, ge=1, description="eval rows per forward, per process")
@@ -170,6 +182,10 @@ class SFTConfig(Section):
 class RewardConfig(Section):
     """reward: section (stage reward)."""
 
+    center_rewards_coefficient: float | None = Field(None, ge=0, description="adds coef * mean((s_chosen + "
+                                                     "s_rejected)^2) to the loss, pulling scores towards zero "
+                                                     "mean (TRL's option of that name); null: off")
+
 
 class DPOConfig(Section):
     """dpo: section (stage dpo)."""
@@ -181,6 +197,8 @@ class GRPOConfig(Section):
 
 # stage → its section key and class (a stage without an entry has no section)
 STAGE_SECTIONS: dict[str, str] = {"sft": "sft", "reward": "reward", "dpo": "dpo", "grpo": "grpo"}
+# stages that compute train.num_training_steps from train.num_training_epochs when it is not given
+STEPS_FROM_EPOCHS = ("reward",)
 # keys of the original reward-model configs, read by the reward stage only
 REWARD_ONLY_KEYS = (("data", "reward_model_datasets"), ("data", "batch_size"), ("data", "dataset_map_num_proc"),
                     ("eval", "test_reward_model_acc_files"), ("eval", "save_delta_scores"),
@@ -268,7 +286,9 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         fail("data.tokenizer_path", "required when training from --model_config (train.ckpt is null)")
     if t.min_lr > t.lr:
         fail("train.min_lr", f"{t.min_lr} is above train.lr {t.lr}")
-    if t.num_warmup_steps > t.num_training_steps:
+    if t.num_training_steps is None and cfg.stage_name() not in STEPS_FROM_EPOCHS:
+        fail("train.num_training_steps", "required: the number of optimizer steps to train")
+    if t.num_training_steps is not None and t.num_warmup_steps > t.num_training_steps:
         fail("train.num_warmup_steps", f"{t.num_warmup_steps} exceeds num_training_steps {t.num_training_steps}")
     if t.use_lora and t.train_token_embeddings_only:
         fail("train.use_lora", "cannot be combined with train_token_embeddings_only; pick one")
@@ -295,7 +315,8 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         for path in files:
             if not os.path.isfile(path):
                 fail(f"eval.{key}", f"'{path}' does not exist")
-    if t.train_and_eval and not e.eval_methods:
+    own_evals = cfg.stage_name() == "reward" and e.test_reward_model_acc_files  # the reward stage's pair accuracy
+    if t.train_and_eval and not e.eval_methods and not own_evals:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
 
 
@@ -311,6 +332,8 @@ def _check_stage(cfg: RunConfig, fail) -> None:
         get_stage(name)
     except StageNotAvailable as err:
         fail(key, f"{err}; stages available here: {', '.join(available_stages())}")
+    if get_stage(name).check_config is not None:
+        get_stage(name).check_config(cfg, fail)
     for stage, section in STAGE_SECTIONS.items():
         if stage != name and getattr(cfg, section) is not None:
             fail(section, f"options of the {stage} stage, but this run's stage is {name}: remove the section "
@@ -370,14 +393,16 @@ def _use_bundled_inputs(cfg: RunConfig) -> None:
     d, e = cfg.data, cfg.eval
     d.data = {name: bundled(pattern) for name, pattern in d.data.items()}
     d.sample_policy_file, d.tokenizer_path = bundled(d.sample_policy_file), bundled(d.tokenizer_path)
-    for method in EVAL_METHODS.values():
-        value = getattr(e, method.dataset_key)
+    file_keys = [(e, method.dataset_key) for method in EVAL_METHODS.values()]
+    file_keys += [(d, "reward_model_datasets"), (e, "test_reward_model_acc_files")]
+    for section, key in file_keys:
+        value = getattr(section, key)
         if isinstance(value, str):
-            setattr(e, method.dataset_key, bundled(value))
+            setattr(section, key, bundled(value))
         elif isinstance(value, list):
-            setattr(e, method.dataset_key, [bundled(v) for v in value])
+            setattr(section, key, [bundled(v) for v in value])
         elif isinstance(value, dict):
-            setattr(e, method.dataset_key, {k: bundled(v) for k, v in value.items()})
+            setattr(section, key, {k: bundled(v) for k, v in value.items()})
 
 
 def dump_config(cfg: RunConfig, path: str | Path, extra: dict | None = None) -> Path:

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 PY=python
 OUT=work_dirs/tiny_demo
+RM=work_dirs/tiny_demo_rm
 TOK=work_dirs/tokenizer_demo
 
 echo "== 1. compress the bundled samples into zstd shards"
@@ -18,7 +19,13 @@ sh train_llms.sh configs/accelerate_configs/cpu.yaml configs/pretrain_configs/ti
     configs/model_configs/tiny_llama.json
 CKPT=$(ls -d "$OUT"/checkpoint-* | sort -t- -k2 -n | tail -n 1)
 
-echo "== 4. tokenizer extension: Chinese SentencePiece, merge into demo_base, chat tokens, extend the model"
+echo "== 4. reward model on the bundled preference pairs, from that checkpoint (CPU, about a minute)"
+sh train_reward_model.sh configs/accelerate_configs/cpu.yaml configs/reward_model_configs/tiny_demo.yaml \
+    train.ckpt="$CKPT"
+RM_CKPT=$(ls -d "$RM"/checkpoint-* | sort -t- -k2 -n | tail -n 1)
+$PY utils/score_pairs.py "$RM_CKPT" eval_data/reward_model/test_pairs.jsonl
+
+echo "== 5. tokenizer extension: Chinese SentencePiece, merge into demo_base, chat tokens, extend the model"
 rm -rf "$TOK"
 $PY utils/train_tokenizer.py --data data/pretrain_data/wiki_zh data/pretrain_data/qa_zh --vocab-size 3000 \
     --output "$TOK/zh_sp"
@@ -37,6 +44,7 @@ echo "checkpoint:          $CKPT"
 echo "metrics:             $OUT/metrics.jsonl"
 echo "plot:                $(ls "$OUT"/*.png | head -n 1)"
 echo "generations:         $OUT/generation_eval/"
+echo "reward model:        $RM_CKPT  (metrics: $RM/metrics.jsonl, delta histograms: $RM/reward_eval/)"
 echo "merged tokenizer:    $TOK/chat  (report: $TOK/merged/merge_report.json)"
 echo "extended model:      $TOK/extended_model"
 echo "SFT checkpoint:      $SFT  (generations: work_dirs/tiny_sft/generation_eval/)"

@@ -14,7 +14,9 @@ from llms_trainer.model.load import load_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-TRAIN_CONFIGS = sorted((CONFIGS / "pretrain_configs").glob("*.yaml")) + sorted((CONFIGS / "sft_configs").glob("*.yaml"))
+TRAIN_CONFIGS = [p for kind in ("pretrain_configs", "sft_configs", "reward_model_configs")
+                 for p in sorted((CONFIGS / kind).glob("*.yaml"))]
+STAGE_OF_DIR = {"reward_model_configs": "reward"}  # set by the stage's script (train_reward_model.py)
 ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate_configs").glob("*.yaml"))
 POLICIES = sorted((CONFIGS / "sample_policy").rglob("*.json"))
 
@@ -24,24 +26,27 @@ def rel(path: Path) -> str:
 
 
 def test_the_shipped_configs_exist():
-    names = {p.name for p in TRAIN_CONFIGS}
-    assert {"llama.yaml", "tiny_demo.yaml"} <= names
+    for kind in ("pretrain_configs", "reward_model_configs"):
+        assert {"llama.yaml", "tiny_demo.yaml"} <= {p.name for p in TRAIN_CONFIGS if p.parent.name == kind}
     assert {"cpu.yaml", "cpu_ddp.yaml", "ds_stage1.yaml", "ds_stage2.yaml", "ds_stage3.yaml",
             "ds_stage3_offload.yaml", "ds_stage2_cpu.yaml", "ds_stage3_cpu.yaml"} <= {p.name for p in ACCELERATE_CONFIGS}
     assert POLICIES
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=rel)
-def test_training_config_validates(path, monkeypatch):
+def test_training_config_validates(path, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)  # paths in configs are relative to the repository root
     # shard globs exist only after data/compress_data.py, and work_dirs/ holds what an earlier step of the
-    # pipeline writes (the demo's extended model and chat tokenizer); every other referenced file must exist
+    # pipeline writes (the demo's checkpoints, extended model and chat tokenizer); every other file must exist
     raw = yaml.safe_load(path.read_text())
-    earlier_outputs = [f"{section}.{key}=configs/tokenizers/demo_base" for section, key in
-                       (("data", "tokenizer_path"), ("train", "ckpt"))
-                       if str(raw.get(section, {}).get(key) or "").startswith("work_dirs/")]
-    cfg = load_config(rel(path), earlier_outputs, check_data=(ROOT / "data" / "pretrain_data").is_dir())
-    assert cfg.train.num_warmup_steps <= cfg.train.num_training_steps
+    overrides = [f"stage={STAGE_OF_DIR[path.parent.name]}"] if path.parent.name in STAGE_OF_DIR else []
+    overrides += [f"{section}.{key}=configs/tokenizers/demo_base" for section, key in
+                  (("data", "tokenizer_path"), ("train", "ckpt"))
+                  if str(raw.get(section, {}).get(key) or "").startswith("work_dirs/")
+                  and not (ROOT / raw[section][key]).exists()]
+    cfg = load_config(rel(path), overrides, check_data=(ROOT / "data" / "pretrain_data").is_dir())
+    assert cfg.train.num_training_steps or cfg.train.num_training_epochs
+    assert cfg.train.num_warmup_steps <= (cfg.train.num_training_steps or cfg.train.num_warmup_steps)
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=rel)

@@ -197,11 +197,12 @@ def _as_tensor(value, device) -> torch.Tensor:
 
 
 def _add_step_sums(sums: dict[str, torch.Tensor], loss: torch.Tensor, stats: Stats, device) -> None:
-    """Accumulate the micro-batch's loss and (sum, count) statistics on the device (no host sync)."""
+    """Accumulate the micro-batch's loss and statistics ((sum, count) or (sum, sum of squares, count)) on the
+    device (no host sync)."""
     sums["loss"] = sums.get("loss", 0) + loss.detach().double()
-    for name, (total, count) in stats.items():
-        pair = torch.stack([_as_tensor(total, device).reshape(()), _as_tensor(count, device).reshape(())])
-        sums[name] = sums.get(name, 0) + pair
+    for name, values in stats.items():
+        row = torch.stack([_as_tensor(v, device).reshape(()) for v in values])
+        sums[name] = sums.get(name, 0) + row
 
 
 def _reduce_step_sums(sums: dict[str, torch.Tensor], accelerator) -> dict[str, list[float]]:
@@ -252,9 +253,17 @@ def optimizer_step(run: StageRun, model, micro: list[dict], items: float, accele
             f"such weights. Last good checkpoint: {last_checkpoint or 'none'}. Lower train.lr or check the data.")
     optimizer.step()  # the last micro-batch ended at a sync boundary, so this steps (a no-op under DeepSpeed)
     optimizer.zero_grad(set_to_none=True)
-    stats = {name: total / count for name, (total, count) in
-             ((n, v) for n, v in reduced.items() if n != "loss") if count}
-    return reduced["loss"][0] / items, stats, grad_norm
+    return reduced["loss"][0] / items, _step_stats(reduced), grad_norm
+
+
+def _step_stats(reduced: dict[str, list[float]]) -> dict[str, float]:
+    """Σsum / Σcount per statistic; one with a sum of squares also gives `<name>_std` (population std)."""
+    stats = {}
+    for name, v in ((n, v) for n, v in reduced.items() if n != "loss" and v[-1]):
+        stats[name] = v[0] / v[-1]
+        if len(v) == 3:
+            stats[f"{name}_std"] = math.sqrt(max(0.0, v[1] / v[-1] - stats[name] ** 2))
+    return stats
 
 
 class _Interval:

@@ -53,6 +53,7 @@ def test_shipped_configs_keep_every_output_under_work_dir(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_config(str(path.relative_to(ROOT)), ["work_dir=elsewhere"], check_files=False)
     assert cfg.train.img_log_dir is None and cfg.eval.generation_eval_save_path is None
+    assert cfg.eval.delta_scores_save_path is None
 
 
 @pytest.mark.parametrize("kind", ["cosine_with_min_lr", "linear", "constant_with_warmup", "warmup_stable_decay"])

@@ -7,13 +7,16 @@ module (imported only when the stage runs). The engine knows nothing stage-speci
   sequence classifier), before LoRA/freezing (applied by the run);
 - `build_train_data(cfg, tokenizer, accelerator)` → this rank's data (any object; handed to `start`);
 - `build_evals(cfg, tokenizer, accelerator)` → callables `(model, step) -> {metric: float}`;
+- `check_config(cfg, fail)` (optional) → validates the stage's own keys at config load; `fail(key, problem)`
+  raises the ConfigError naming the key;
 - `start(cfg, ctx)` → after `accelerator.prepare`, a run object (`StageRun`) with:
     `next_step(n)`: the micro-batches of the next optimizer step (normally n; fewer means the data ended).
         A rollout stage may generate once and then hand out several optimisation passes.
     `loss(model, batch)`: `(loss_sum, stats)`: the SUM of per-item losses of one micro-batch and
         `{name: (sum, count)}` statistics; the engine logs `train/<name>` = Σsum / Σcount over the step's
         micro-batches and all processes (one all-reduce per step), averaged over the steps of a log interval.
-        Every micro-batch returns the same stat names.
+        A statistic given as `(sum, sum of squares, count)` also logs `train/<name>_std` (population std
+        over the step's items). Every micro-batch returns the same stat names.
     `count_items(batch)` / `count_tokens(batch)`: loss items (the loss of a step is Σloss_sum / Σitems over
         all processes) and input tokens (throughput);
     `state_dict()` / `load_state_dict(state)`: JSON-able state for exact resume (data position, rollout
@@ -34,7 +37,7 @@ from typing import Any, Protocol
 import torch
 
 Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
-Stats = dict[str, tuple[Any, Any]]
+Stats = dict[str, tuple[Any, ...]]  # (sum, count) or (sum, sum of squares, count)
 
 # name → module holding STAGE; config validation reads the names without importing anything heavy
 REGISTRY: dict[str, str] = {
@@ -75,6 +78,7 @@ class Stage:
     build_train_data: Callable[[Any, Any, Any], Any]
     build_evals: Callable[[Any, Any, Any], list[Evaluator]]
     start: Callable[[Any, StageContext], StageRun]
+    check_config: Callable[[Any, Callable[[str, str], None]], None] | None = None
 
 
 class StageNotAvailable(ImportError):

@@ -1,14 +1,44 @@
-"""Reward-model stage: the pure pieces (score reading and the pairwise loss).
+"""Reward-model stage: a 1-label sequence classifier trained on preference pairs (Bradley-Terry loss).
 
-The stage plumbing (config section, model building, data, registration) is added by the reward-model stage
-issue. Engine form: the engine sums a micro-batch's loss and divides by an item count over the whole
-optimizer step, so a stage returns `reward_loss_sum(...)` = (sum over pairs, number of pairs).
+Model: `AutoModelForSequenceClassification` (num_labels=1) from train.ckpt (a base or SFT checkpoint; the
+score head is new) or --model_config. `train.downscale_weight` multiplies a new head's initial weights by
+0.1 (a head loaded from a reward checkpoint is left alone). Under LoRA the head is trained in full
+(`modules_to_save`) and saved merged.
+
+Score: the head's value at the last token whose attention_mask is 1 (`sequence_scores`), read from the
+head's per-token output, so left or right padding and pad == eos give the same score; positions count real
+tokens only. Chosen and rejected sequences of a micro-batch go through ONE forward.
+
+Loss per pair: -log sigmoid(s_chosen - s_rejected - margin) (+ reward.center_rewards_coefficient ·
+(s_chosen + s_rejected)^2). Engine form: the engine sums a micro-batch's loss and divides by an item count
+over the whole optimizer step, so the stage returns `reward_loss_sum(...)` = (sum over pairs, pairs).
+Logged: train/accuracy (chosen scored above rejected), train/margin (mean s_chosen - s_rejected),
+train/reward and train/reward_std (all scores of the step).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+
 import torch
 import torch.nn.functional as F
+
+from llms_trainer.config import ConfigError, RewardConfig, RunConfig
+from llms_trainer.data.pairs import (
+    BadRecordError,
+    PairDataError,
+    PairStream,
+    encode_pairs,
+    input_files,
+    read_pairs,
+)
+from llms_trainer.data.pipeline import pad_id_of
+from llms_trainer.evaluation import position_ids_from_mask
+from llms_trainer.model.load import build_sequence_classifier
+from llms_trainer.train.stages import Stage, StageContext
+
+HEAD_DOWNSCALE = 0.1  # train.downscale_weight: factor on a new score head's initial weights
 
 
 def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -57,3 +87,198 @@ def reward_loss_sum(s_chosen: torch.Tensor, s_rejected: torch.Tensor,
     if center_coef:
         losses = losses + center_rewards(s_chosen, s_rejected, center_coef)
     return losses.sum(), losses.numel()
+
+
+# -- scores ---------------------------------------------------------------------------------------------
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP / DeepSpeed / torch.compile / peft wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The score head of a (wrapped) sequence classifier."""
+    model = base_model(model)
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no score head; load the model with "
+                         "AutoModelForSequenceClassification (num_labels=1)")
+    return head
+
+
+def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[N] float32 score of each row: the head's value at its last real token (see the module doc).
+
+    `model` is called as a whole (so DDP and DeepSpeed see their forward); the head's per-token output is
+    taken with a forward hook, never from transformers' own pad-token search.
+    """
+    captured: list[torch.Tensor] = []
+    handle = score_head(model).register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+              use_cache=False)
+    finally:
+        handle.remove()
+    return last_token_scores(captured[-1][..., 0].float(), attention_mask.to(captured[-1].device))
+
+
+def pair_statistics(s_chosen: torch.Tensor, s_rejected: torch.Tensor) -> dict[str, tuple]:
+    """accuracy and margin per pair as (sum, count); reward as (sum, sum of squares, count) over all scores."""
+    pairs = s_chosen.numel()
+    gap = (s_chosen - s_rejected).detach()
+    scores = torch.cat([s_chosen, s_rejected]).detach()
+    return {"accuracy": ((gap > 0).sum(), pairs), "margin": (gap.sum(), pairs),
+            "reward": (scores.sum(), (scores * scores).sum(), 2 * pairs)}
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+def build_model(cfg: RunConfig, tokenizer, model_config: str | None = None, weights_dir=None) -> torch.nn.Module:
+    """The reward model: a 1-label classifier; a new head is downscaled when train.downscale_weight.
+
+    The config records `reward_seq_length` (data.seq_length), the truncation `score_pairs` applies by default.
+    """
+    model = build_sequence_classifier(cfg, tokenizer, model_config, weights_dir)
+    model.config.reward_seq_length = cfg.data.seq_length
+    architectures = getattr(model.config, "architectures", None) or []
+    head_is_new = not any(name.endswith("ForSequenceClassification") for name in architectures)
+    if cfg.train.downscale_weight and head_is_new:
+        downscale(score_head(model).weight, HEAD_DOWNSCALE)
+    return model
+
+
+def downscale(weight: torch.nn.Parameter, factor: float) -> None:
+    """weight *= factor, also when DeepSpeed ZeRO-3 built it partitioned (zero3_init_flag)."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=0), torch.no_grad():
+            weight.mul_(factor)
+        return
+    with torch.no_grad():
+        weight.mul_(factor)
+
+
+def pairs_per_micro_batch(cfg: RunConfig) -> int:
+    """data.batch_size (the original key) when given, else train.train_batch_size."""
+    return cfg.data.batch_size or cfg.train.train_batch_size
+
+
+def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> PairStream:
+    """This process's pair stream. Sets train.train_batch_size to the pairs per micro-batch and, when only
+    train.num_training_epochs is given, train.num_training_steps = the full steps the epochs hold."""
+    d, t = cfg.data, cfg.train
+    try:
+        records, report = read_pairs(input_files(d.reward_model_datasets), d.on_bad_record)
+        pairs = encode_pairs(tokenizer, records, d.seq_length)
+    except BadRecordError as err:
+        raise ConfigError(f"key data.reward_model_datasets: {err}; fix the line or set data.on_bad_record: "
+                          "skip") from None
+    except PairDataError as err:
+        raise ConfigError(f"key data.reward_model_datasets: {err}") from None
+    if not len(pairs):
+        raise ConfigError(f"key data.reward_model_datasets: all {pairs.identical} pairs have identical chosen and "
+                          f"rejected sequences after truncation to data.seq_length={d.seq_length}; raise it")
+    t.train_batch_size = pairs_per_micro_batch(cfg)
+    world = accelerator.num_processes
+    stream = PairStream(pairs, t.train_batch_size, accelerator.process_index, world, t.seed,
+                        t.num_training_epochs, pad_id_of(tokenizer))
+    per_step = t.train_batch_size * t.gradient_accumulation_steps * world
+    if t.num_training_steps is None:
+        t.num_training_steps = stream.total_batches() // t.gradient_accumulation_steps
+        if t.num_training_steps == 0:
+            raise ConfigError(f"key train.num_training_epochs: {t.num_training_epochs} epoch(s) of {len(pairs)} "
+                              f"pairs hold no full optimizer step of {per_step} pairs; lower data.batch_size or "
+                              "train.gradient_accumulation_steps, or raise the epochs")
+        if t.num_warmup_steps > t.num_training_steps:
+            raise ConfigError(f"key train.num_warmup_steps: {t.num_warmup_steps} exceeds the "
+                              f"{t.num_training_steps} steps computed from train.num_training_epochs")
+    files = ", ".join(f"{os.path.basename(name)} {count}" for name, count in report.pairs.items())
+    accelerator.print(f"reward data: {len(pairs)} pairs ({files}); {sum(report.bad.values())} bad lines skipped, "
+                      f"{pairs.identical} pairs dropped as identical after truncation to {d.seq_length} tokens; "
+                      f"{per_step} pairs per optimizer step, {t.num_training_steps} steps")
+    return stream
+
+
+class RewardRun:
+    """The run object: micro-batches from the pair stream, one forward per micro-batch for both sides."""
+
+    def __init__(self, stream: PairStream, center_coef: float):
+        self.stream, self.center_coef = stream, center_coef
+
+    def next_step(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n and (batch := self.stream.next_batch()) is not None:
+            out.append(batch)
+        return out
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+        s_chosen, s_rejected = scores.chunk(2)
+        loss, _ = reward_loss_sum(s_chosen, s_rejected, batch.get("margin"), self.center_coef)
+        return loss, pair_statistics(s_chosen, s_rejected)
+
+    def count_items(self, batch: dict) -> int:
+        return batch["input_ids"].shape[0] // 2  # pairs
+
+    def count_tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def can_save(self) -> bool:
+        return True
+
+    def report(self) -> dict[str, float]:
+        return {"data/epochs": self.stream.epochs()}
+
+
+def start(cfg: RunConfig, ctx: StageContext) -> RewardRun:
+    return RewardRun(ctx.data, (cfg.reward or RewardConfig()).center_rewards_coefficient or 0.0)
+
+
+def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
+    """Pair accuracy on each file of eval.test_reward_model_acc_files (read now: bad records fail early)."""
+    from llms_trainer.evaluation.reward_accuracy import build_reward_evaluator
+
+    files = cfg.eval.test_reward_model_acc_files
+    return [build_reward_evaluator(cfg, tokenizer, accelerator)] if files else []
+
+
+def check_config(cfg: RunConfig, fail) -> None:
+    """The reward stage's keys: its data and eval files exist, no keys of other stages, steps or epochs."""
+    d, t, e = cfg.data, cfg.train, cfg.eval
+    entries = input_files(d.reward_model_datasets)
+    if not entries:
+        fail("data.reward_model_datasets", "no preference-pair files; give jsonl files, globs or shard dirs "
+             "of {prompt, selected, rejected} records")
+    for entry in entries:
+        if not (os.path.exists(entry) or glob.glob(entry)):
+            fail("data.reward_model_datasets", f"'{entry}' matches nothing")
+    if d.data:
+        fail("data.data", "the reward stage reads data.reward_model_datasets; remove data.data")
+    if e.eval_methods:
+        fail("eval.eval_methods", "the reward stage evaluates pair accuracy on eval.test_reward_model_acc_files; "
+             "remove eval_methods")
+    for path in input_files(e.test_reward_model_acc_files):
+        if not os.path.isfile(path):
+            fail("eval.test_reward_model_acc_files", f"'{path}' does not exist")
+    if t.train_and_eval and not e.test_reward_model_acc_files:
+        fail("eval.test_reward_model_acc_files", "empty while train.train_and_eval is true; list held-out pair "
+             "files or set train.train_and_eval: false")
+    if d.batch_size and "train_batch_size" in t.model_fields_set and t.train_batch_size != d.batch_size:
+        fail("data.batch_size", f"{d.batch_size} pairs per micro-batch, but train.train_batch_size is "
+             f"{t.train_batch_size}; keep one of them")
+    if t.num_training_steps is None and t.num_training_epochs is None:
+        fail("train.num_training_steps", "set it, or train.num_training_epochs (the steps are then computed from "
+             "the number of pairs)")
+
+
+STAGE = Stage(name="reward", build_model=build_model, build_train_data=build_train_data,
+              build_evals=build_evals, start=start, check_config=check_config)

@@ -1,0 +1,115 @@
+"""The command line every training script shares: arguments, `--check`, the run, exit codes.
+
+    python SCRIPT --train_config CFG [--model_config MODEL_CFG] [--check] [key.sub=value ...]
+
+A script gives its help text, its demo config, and the stage it always runs (None: the config's own).
+Exit codes: 0 done, 2 bad input (one `error:` line), 1 training diverged. The package (and torch) is
+imported only after the arguments parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from llms_trainer.cli import make_parser
+
+
+def parse_args(argv: list[str] | None, doc: str, demo_config: str, demo_model_config: str | None,
+               help_keys: list[str] | None = None) -> argparse.Namespace:
+    """Arguments of a training script; with no --train_config, the demo config (and its model config).
+
+    `help_keys`: config keys whose defaults and descriptions `--help` lists after the options.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    epilog = None
+    if help_keys and any(a in ("-h", "--help") for a in argv):
+        epilog = "config keys of this stage (the others as in train_llms.py):\n" + config_keys_help(help_keys)
+    parser = make_parser(doc)
+    parser.epilog = epilog
+    parser.add_argument("--train_config", default=demo_config, help="training YAML")
+    parser.add_argument("--model_config", help="config.json or YAML of a model to initialise from scratch "
+                        "(used when train.ckpt is null)" + (f"; with the demo config: {demo_model_config}"
+                                                            if demo_model_config else ""))
+    parser.add_argument("--check", action="store_true",
+                        help="only validate the config (keys, types, files) and exit; the .sh launchers do this first")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value", help="config overrides")
+    args = parser.parse_args(argv)
+    if Path(args.train_config).resolve() == Path(demo_config).resolve() and args.model_config is None:
+        args.model_config = demo_model_config
+    return args
+
+
+def with_stage(config: str, overrides: list[str], stage: str | None) -> list[str]:
+    """The overrides that make `config` run `stage`; a config naming another stage is a ConfigError."""
+    if stage is None:
+        return list(overrides)
+    from llms_trainer.config import ConfigError, load_config
+
+    named = load_config(config, overrides, check_files=False).stage
+    if named not in (None, stage):
+        raise ConfigError(f"{config}: key stage: '{named}', but this script runs the {stage} stage; remove the "
+                          "key or use the script of that stage")
+    return [*overrides, f"stage={stage}"]
+
+
+def check(args: argparse.Namespace, stage: str | None = None) -> int:
+    """Validate the config and what the run would find in work_dir; 0 ok, 2 with one error line."""
+    from llms_trainer.config import load_config, require_model_source
+    from llms_trainer.train.checkpoint import resolve_resume
+    from llms_trainer.train.errors import USER_ERRORS
+    from llms_trainer.train.workdir import plan_lineage
+
+    try:
+        cfg = load_config(args.train_config, with_stage(args.train_config, args.overrides, stage))
+        require_model_source(cfg, args.model_config, args.train_config)
+        plan_lineage(cfg.work_dir, resolve_resume(cfg.train.resume, cfg.work_dir), cfg.train.overwrite_work_dir)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    t = cfg.train
+    steps = (f"{t.num_training_steps} steps" if t.num_training_steps is not None
+             else f"{t.num_training_epochs} epoch(s), steps counted from the data at start")
+    print(f"{args.train_config}: ok (stage {cfg.stage_name()}, {steps}, work_dir {cfg.work_dir})")
+    return 0
+
+
+def main(argv: list[str] | None, doc: str, demo_config: str, demo_model_config: str | None = None,
+         stage: str | None = None, help_keys: list[str] | None = None) -> int:
+    """Parse, then `--check` or run on this process; returns the exit code."""
+    args = parse_args(argv, doc, demo_config, demo_model_config, help_keys)
+    if args.check:
+        return check(args, stage)
+    from llms_trainer.train import errors
+    from llms_trainer.train.lifeline import die_with_parent
+
+    if "LOCAL_RANK" in os.environ:  # started by a launcher: end with it (torch elastic detaches ranks)
+        die_with_parent()
+    from llms_trainer.train.run import run
+
+    try:
+        run(args.train_config, with_stage(args.train_config, args.overrides, stage), args.model_config)
+    except Exception as err:
+        code = errors.exit_code(err)
+        if code is None:
+            raise
+        return errors.report(err, code)
+    return 0
+
+
+def config_keys_help(keys: list[str]) -> str:
+    """Help lines `section.key (default: value) description` for dotted config keys, from the schema."""
+    from llms_trainer.config import RunConfig
+
+    lines = []
+    for dotted in keys:
+        model, parts = RunConfig, dotted.split(".")
+        for part in parts[:-1]:
+            model = model.model_fields[part].annotation
+            model = next((a for a in getattr(model, "__args__", (model,)) if hasattr(a, "model_fields")), model)
+        info = model.model_fields[parts[-1]]
+        default = info.get_default(call_default_factory=True)
+        lines.append(f"  {dotted} (default: {default!r})\n      {info.description}")
+    return "\n".join(lines)
