@@ -171,3 +171,11 @@ def test_frozen_model_gets_no_gradient(write_config, model_config_file):
     out = frozen(input_ids=ids).logits
     assert not out.requires_grad and not frozen.training
     assert all(not p.requires_grad for p in frozen.parameters())
+
+
+def test_compatibility_keys_print_a_note_when_set(write_config, model_config_file, capsys):
+    config = write_config(data={"num_sequences": 10, "split_by_shard": True}, train={"num_training_steps": 1})
+    run(config, [], str(model_config_file), logger=RecordingLogger())
+    out = capsys.readouterr().out
+    for key in ("data.num_sequences", "data.split_by_shard"):
+        assert f"note: {key} is accepted for compatibility and has no effect" in out
