@@ -17,9 +17,20 @@ SHELL_SCRIPTS = ["train_llms.sh", "train_multi_node_llms.sh", "train_reward_mode
                  "train_multi_node_reward_model.sh"]
 
 
+def _parser_source(script: str) -> str:
+    """Text of the module holding the script's docstring and parser: the llms_trainer/commands/ module a
+    wrapper script imports `main` from, else the script itself."""
+    tree = ast.parse((ROOT / script).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llms_trainer.commands.") \
+                and any(alias.name == "main" for alias in node.names):
+            return (ROOT / f"{node.module.replace('.', '/')}.py").read_text()
+    return (ROOT / script).read_text()
+
+
 def _no_default(script: str, option: str) -> bool:
     """True when the script's add_argument for `option` has no default (None): nothing to show."""
-    source = (ROOT / script).read_text()
+    source = _parser_source(script)
     start = source.find(f'"{option}"')
     call = source[start: source.find(")\n", start)]
     return "default=" not in call
@@ -30,7 +41,7 @@ def test_python_script_help_shows_every_default(script, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    doc = ast.get_docstring(ast.parse((ROOT / script).read_text()))
+    doc = ast.get_docstring(ast.parse(_parser_source(script)))
     assert doc.splitlines()[-1].strip() in proc.stdout  # the whole module text, verbatim
     section = proc.stdout.split("options:")[1]
     options = [line.split()[0] for line in section.splitlines()
