@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llms_trainer.commands import REPO_ROOT
 from llms_trainer.evaluation.methods import EVAL_ALIASES, EVAL_METHODS, dataset_files
 from llms_trainer.io import atomic_write
 from llms_trainer.train.stages import REGISTRY as STAGES
@@ -375,7 +376,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
     return cfg
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def bundled(path: str | None) -> str | None:

@@ -11,5 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 # The checkout holding configs/, data/, eval_data/ and utils/: the same directory as
-# llms_trainer.config.REPO_ROOT, named here because config imports torch and --help should stay instant.
+# The repository root (bundled configs, tokenizers, sample data); config.py imports it from here, which
+# keeps this package light (no torch) so every --help stays instant.
 REPO_ROOT = Path(__file__).resolve().parents[2]
