@@ -217,9 +217,9 @@ class RunConfig(Section):
     eval_interval: int = Field(500, ge=1, description="optimizer steps between evals (train_and_eval)")
     save_interval: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     work_dir: str = Field(..., description="checkpoints, metrics.jsonl, config.yaml")
-    data: DataConfig
-    train: TrainConfig
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    data: DataConfig = Field(..., description="what to read and how to batch it")
+    train: TrainConfig = Field(..., description="model, optimizer, schedule, checkpoints")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation during training")
 
     def stage_name(self) -> str:
         """The stage this config runs: `stage`, else data.mode."""
