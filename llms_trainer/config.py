@@ -118,6 +118,9 @@ class TrainConfig(Section):
                                 f"{', '.join(TRACKERS)} (each needs its package installed)")
     peak_flops_per_device: float | None = Field(None, gt=0, description="peak FLOP/s of one device for MFU; "
                                                 "default: known GPUs only")
+    loss_chunk_tokens: int = Field(1024, ge=0, description="labelled positions per LM-head chunk of the next-token "
+                                   "loss: only labelled positions reach the head and the [tokens, vocab] fp32 "
+                                   "logits never exist whole; 0: the model's own full logits")
 
 
 class EvalConfig(Section):
