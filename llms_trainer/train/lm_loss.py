@@ -171,30 +171,30 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, targets, head, chunk_tokens, autocast, *params):
         need_rows = ctx.needs_input_grad[0]
-        rows_grad = torch.zeros_like(rows) if need_rows else None
-        params_grad = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+        rows_grad = torch.empty_like(rows) if need_rows else None
+        params_grad: list[torch.Tensor | None] = [None] * len(params)  # fp32 sums over the chunks
         total = torch.zeros((), dtype=torch.float32, device=rows.device)
         for start in range(0, len(rows), chunk_tokens):
             chunk = rows[start:start + chunk_tokens].detach().requires_grad_(need_rows)
             with torch.enable_grad():
                 loss = _chunk_ce_sum(head, chunk, targets[start:start + chunk_tokens], autocast)
                 wrt = ([chunk] if need_rows else []) + list(params)
-                grads = torch.autograd.grad(loss, wrt) if wrt else ()
+                grads = list(torch.autograd.grad(loss, wrt)) if wrt else []
             if need_rows:
-                rows_grad[start:start + chunk_tokens] = grads[0]
-                grads = grads[1:]
-            for acc, grad in zip(params_grad, grads, strict=True):
-                acc += grad
+                rows_grad[start:start + chunk_tokens] = grads.pop(0)
+            for i, grad in enumerate(grads):
+                params_grad[i] = grad.float() if params_grad[i] is None else params_grad[i].add_(grad)
             total += loss.detach()
-        ctx.param_dtypes = [p.dtype for p in params]
+        params_grad = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) if g is None else g
+                       for g, p in zip(params_grad, params, strict=True)]  # no rows: zero gradients
+        ctx.param_dtypes, ctx.need_rows = [p.dtype for p in params], need_rows
         ctx.save_for_backward(*([rows_grad] if need_rows else []), *params_grad)
-        ctx.need_rows = need_rows
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total):
-        saved = list(ctx.saved_tensors)
-        rows_grad = saved.pop(0) * grad_total if ctx.need_rows else None
-        params_grad = [(g * grad_total).to(dtype) for g, dtype in zip(saved, ctx.param_dtypes, strict=True)]
+        saved = list(ctx.saved_tensors)  # scaled in place: each is used once
+        rows_grad = saved.pop(0).mul_(grad_total) if ctx.need_rows else None
+        params_grad = [g.mul_(grad_total).to(dtype) for g, dtype in zip(saved, ctx.param_dtypes, strict=True)]
         return (rows_grad, None, None, None, None, *params_grad)

@@ -181,6 +181,15 @@ def test_head_runs_under_the_accelerators_autocast():
     GradientState._reset_state()
 
 
+def test_a_batch_without_labels_gives_zero_loss_and_zero_gradients():
+    model, batch = tiny_llama(layers=1), lm_batch()
+    batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+    loss = lm_loss_sum(model, batch, 7)
+    loss.backward()
+    assert float(loss) == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
 def test_negative_chunk_size_is_an_error():
     with pytest.raises(ValueError, match="chunk_tokens"):
         lm_loss_sum(tiny_llama(layers=1), lm_batch(), -1)
