@@ -14,13 +14,13 @@ and fed to every side: the same rows, AdamW(0.9, 0.95) fused, lr 3e-4 with warmu
 
 Each side runs in its own process, so its peak RSS (`ru_maxrss`, taken at the end of its last step, model and
 optimizer state included) is its own. Paired timing, as in bench/train_loop.py but across processes: the
-sides are alive together and take their steps in turn (ours, Trainer, compiled, ours, ...), each timed on its
-own step only, so step k of every side runs under the same machine load; a ratio is the median over the steps
-after `--warmup` of the per-step ratios (a bare loop inside a side's process, as train_loop.py pairs, would
-count in that side's RSS). One torch thread per side by default: this 2-core machine is shared, and two
-OpenMP threads under load ran slower than one (21 s vs 10 s per step).
+sides are alive together and take their steps in turn (step k of every side, the first place rotating,
+then step k + 1), each timed on its own step only, so step k of every side runs under the same load. A ratio
+is the median over the steps after `--warmup` of the per-step ratios. (A bare loop inside a side's process,
+as train_loop.py pairs, would count in that side's RSS.) One torch thread per side by default: this 2-core
+machine is shared, and two OpenMP threads under load ran slower than one (21 s vs 10 s per step).
 Prints `name: ours X, baseline Y, ratio Z`.
-Usage: python bench/real_model.py [--quick] [--batch-size 2] [--steps 4] [--warmup 1] [--threads 1]
+Usage: python bench/real_model.py [--quick] [--batch-size 2] [--steps 8] [--warmup 1] [--threads 1]
                                   [--gradient-checkpointing] [--no-compile]
 """
 
@@ -158,8 +158,8 @@ def side_trainer(batches: list[dict], checkpointing: bool, turn) -> dict:
         learning_rate=LR, adam_beta1=0.9, adam_beta2=0.95, weight_decay=WEIGHT_DECAY, max_grad_norm=1.0,
         optim="adamw_torch_fused", lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": LR / 10},
         warmup_steps=WARMUP_STEPS, logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
-        dataloader_num_workers=0, disable_tqdm=True, seed=0, gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+        dataloader_num_workers=0, disable_tqdm=True, seed=0, activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False})
     Trainer(model=fresh_model(), args=args, train_dataset=rows, callbacks=[Clock()]).train()
     return {"peak_rss_mb": peak[0]}
 
@@ -192,8 +192,8 @@ def lockstep(names: list[str], rows: Path, steps: int, threads: int, checkpointi
         pipes[name] = mine
         processes.append(process)
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(steps):
-        for name in names:
+    for step in range(steps):
+        for name in names[step % len(names):] + names[:step % len(names)]:  # each side leads a round in turn
             pipes[name].send("go")
             seconds[name].append(pipes[name].recv())
     results = {name: {"seconds": seconds[name], **pipes[name].recv()} for name in names}
@@ -208,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke check: batch 1, 2 steps, 1 warmup")
     parser.add_argument("--batch-size", type=int, default=2, help="rows of 512 tokens per step (every side)")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per side")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="steps not timed (compilation happens here)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (every side)")

@@ -12,8 +12,8 @@ saved for backward and their gradient are the largest tensors of a step. The chu
 
 Training loss (a sum): `_ChunkedCrossEntropy` takes each chunk's gradients (with respect to its hidden rows
 and to the head's trainable parameters) during the forward pass; a sum's gradient is linear in the upstream
-gradient, so backward only scales them. One chunk of logits exists at a time and the head runs once per
-chunk, as in the plain path. Per-token log-probs (DPO, GRPO, held-out NLL) have one upstream gradient per
+gradient, so backward only scales them. One chunk of logits exists at a time, its gradient (softmax -
+one-hot) is written over it in place, and the head runs once per chunk, as in the plain path. Per-token log-probs (DPO, GRPO, held-out NLL) have one upstream gradient per
 token, so their chunks are recomputed in backward (`torch.utils.checkpoint`); the training loss takes that
 path too when the head's parameters are partitioned by DeepSpeed ZeRO-3.
 
@@ -119,20 +119,34 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     inner = unwrapped(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if head is None:
-        raise ValueError(f"{type(inner).__name__} has no output embeddings (LM head); chunked loss needs a "
-                         "causal LM (set train.loss_chunk_tokens: 0 to use the model's own logits)")
+        raise _unsupported(model, "it has no output embeddings (LM head)")
+    config = getattr(inner, "config", None)
+    for key in ("final_logit_softcapping", "logit_scale"):  # Gemma 2/3, Cohere: logits changed after the head
+        if getattr(config, key, None) not in (None, 1.0):
+            raise _unsupported(model, f"its forward changes the logits after the LM head (config.{key})")
     return head
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     """[B, T, hidden]: the decoder's output after its final norm (what the LM head reads), from one forward
     through the model's own wrappers; the model computes logits for the last position only."""
-    out = model(**inputs, output_hidden_states=-1, logits_to_keep=1)
+    try:
+        out = model(**inputs, output_hidden_states=-1, logits_to_keep=1)
+    except TypeError as err:
+        if "logits_to_keep" not in str(err) and "output_hidden_states" not in str(err):
+            raise
+        raise _unsupported(model, f"its forward does not take logits_to_keep/output_hidden_states ({err})") from err
     hidden_states = getattr(out, "hidden_states", None)
     if not hidden_states or hidden_states[-1] is None:
-        raise ValueError(f"{type(unwrapped(model)).__name__} did not return its hidden states; set "
-                         "train.loss_chunk_tokens: 0 to use the model's own logits")
+        raise _unsupported(model, "it did not return its hidden states")
     return hidden_states[-1]
+
+
+def _unsupported(model: torch.nn.Module, why: str) -> Exception:
+    from llms_trainer.model.load import ModelLoadError
+
+    return ModelLoadError(f"train.loss_chunk_tokens: {type(unwrapped(model)).__name__} cannot run the chunked "
+                          f"loss: {why}; set train.loss_chunk_tokens: 0 to use the model's own logits")
 
 
 def _chunk_ce_sum(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor,
@@ -161,6 +175,27 @@ def _chunked_logprobs(head: torch.nn.Module, rows: torch.Tensor, targets: torch.
     return torch.cat(parts) if parts else rows.new_zeros((0,), dtype=torch.float32)
 
 
+def _chunk_ce_and_grads(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, autocast: Autocast,
+                        wrt: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(Σ cross-entropy of one chunk, its gradients with respect to `wrt`).
+
+    The logits' gradient, softmax - one-hot, is written over the fp32 logits in place, so a chunk holds one
+    [rows, vocab] fp32 tensor (plus logsumexp's temporary) rather than the logits, their log-softmax and two
+    gradients; autograd then takes it through the head (LoRA included).
+    """
+    with torch.enable_grad(), autocast():
+        logits = head(rows)
+    with torch.no_grad():
+        probs = logits.detach().float()  # a new tensor under autocast; else the logits' own storage (not saved)
+        lse = torch.logsumexp(probs, dim=-1)
+        picked = probs.gather(-1, targets[:, None]).squeeze(-1)
+        loss = (lse - picked).sum()
+        probs.sub_(lse[:, None]).exp_()
+        probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
+    grads = torch.autograd.grad(logits, wrt, grad_outputs=probs.to(logits.dtype)) if wrt else ()
+    return loss, list(grads)
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Σ cross-entropy(head(rows), targets), gradients taken chunk by chunk during forward.
 
@@ -176,15 +211,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=rows.device)
         for start in range(0, len(rows), chunk_tokens):
             chunk = rows[start:start + chunk_tokens].detach().requires_grad_(need_rows)
-            with torch.enable_grad():
-                loss = _chunk_ce_sum(head, chunk, targets[start:start + chunk_tokens], autocast)
-                wrt = ([chunk] if need_rows else []) + list(params)
-                grads = list(torch.autograd.grad(loss, wrt)) if wrt else []
+            loss, grads = _chunk_ce_and_grads(head, chunk, targets[start:start + chunk_tokens], autocast,
+                                              ([chunk] if need_rows else []) + list(params))
             if need_rows:
                 rows_grad[start:start + chunk_tokens] = grads.pop(0)
             for i, grad in enumerate(grads):
                 params_grad[i] = grad.float() if params_grad[i] is None else params_grad[i].add_(grad)
-            total += loss.detach()
+            total += loss
         params_grad = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) if g is None else g
                        for g, p in zip(params_grad, params, strict=True)]  # no rows: zero gradients
         ctx.param_dtypes, ctx.need_rows = [p.dtype for p in params], need_rows

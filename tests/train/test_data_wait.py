@@ -36,10 +36,11 @@ def wait_fractions(config, model_config, monkeypatch, delay_s: float) -> dict[in
 
 def test_data_wait_fraction_is_logged_every_interval_and_sees_a_slow_loader(write_config, model_config_file,
                                                                             monkeypatch):
-    config = write_config(train={"num_training_steps": 4}, log_interval=2)
-    slow = wait_fractions(config, model_config_file, monkeypatch, delay_s=0.3)
+    config = write_config(train={"num_training_steps": 6}, log_interval=2)
+    slow = wait_fractions(config, model_config_file, monkeypatch, delay_s=1.0)
     fast = wait_fractions(config, model_config_file, monkeypatch, delay_s=0.0)
-    assert list(slow) == list(fast) == [2, 4]
+    assert list(slow) == list(fast) == [2, 4, 6]
     assert all(0.0 <= f <= 1.0 for f in [*slow.values(), *fast.values()])
-    assert min(slow.values()) > 0.5  # 0.3 s of waiting per step of a few ms of compute
-    assert max(fast.values()) < min(slow.values())
+    # after the first interval (start-up): 1 s of waiting per step of well under a second of compute
+    assert slow[4] > 0.5 and slow[6] > 0.5
+    assert fast[4] < slow[4] and fast[6] < slow[6]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from llms_trainer.data.packing import IGNORE_INDEX
+from llms_trainer.model.load import ModelLoadError
 from llms_trainer.train.lm_loss import lm_loss_sum, output_head, plain_loss_sum
 from llms_trainer.train.logprobs import token_logprobs
 
@@ -188,6 +189,30 @@ def test_a_batch_without_labels_gives_zero_loss_and_zero_gradients():
     loss.backward()
     assert float(loss) == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+class NoHiddenStates(torch.nn.Module):
+    """A causal LM whose forward takes only the basic arguments (as some remote-code models do)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask, use_cache=False, position_ids=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    def get_output_embeddings(self):
+        return self.inner.lm_head
+
+
+def test_a_model_the_chunked_loss_cannot_serve_is_an_error_naming_the_key():
+    model, batch = tiny_llama(layers=1), lm_batch()
+    with pytest.raises(ModelLoadError, match="train.loss_chunk_tokens: NoHiddenStates cannot .*logits_to_keep"):
+        lm_loss_sum(NoHiddenStates(model), batch, 7)
+    lm_loss_sum(NoHiddenStates(model), batch, 0)  # the plain path serves it
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ModelLoadError, match="train.loss_chunk_tokens: .*final_logit_softcapping"):
+        lm_loss_sum(model, batch, 7)
 
 
 def test_negative_chunk_size_is_an_error():
