@@ -138,6 +138,14 @@ class TrainConfig(Section):
                                 f"{', '.join(TRACKERS)} (each needs its package installed)")
     peak_flops_per_device: float | None = Field(None, gt=0, description="peak FLOP/s of one device for MFU; "
                                                 "default: known GPUs only")
+    loss_chunk_tokens: int = Field(1024, ge=0, description="labelled positions per LM-head chunk of the next-token "
+                                   "loss: only labelled positions reach the head and the [tokens, vocab] fp32 "
+                                   "logits never exist whole; 0: the model's own full logits")
+    compile: bool = Field(False, description="torch.compile every decoder layer (inductor; on CPU it needs a C++ "
+                          "compiler); the first steps are slow while it compiles; not under DeepSpeed ZeRO-3")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="attention kernel: sdpa (torch scaled_dot_product_attention), eager (plain matmuls), "
+        "flash_attention_2 (needs the flash-attn package and a CUDA GPU)")
 
 
 class EvalConfig(Section):
@@ -304,6 +312,7 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         if importlib.util.find_spec(TRACKERS[tracker]) is None:
             fail(f"train.log_with.{i}", f"'{tracker}' needs the {TRACKERS[tracker]} package: pip install "
                  f"{TRACKERS[tracker]}, or remove it")
+    _check_kernels(t, fail)
     if t.resume not in ("auto", "none") and not os.path.isdir(t.resume):
         fail("train.resume", f"'{t.resume}' is not a directory (use auto, none or a checkpoint dir)")
     for i, method in enumerate(e.methods()):
@@ -319,6 +328,27 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
     own_evals = cfg.stage_name() == "reward" and e.test_reward_model_acc_files  # the reward stage's pair accuracy
     if t.train_and_eval and not e.eval_methods and not own_evals:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
+
+
+def _check_kernels(t: TrainConfig, fail) -> None:
+    """train.attn_implementation and train.compile can run on this machine."""
+    import shutil
+
+    import torch
+
+    if t.attn_implementation == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            fail("train.attn_implementation", "flash_attention_2 needs the flash-attn package (pip install "
+                 "flash-attn --no-build-isolation); or use sdpa")
+        if not torch.cuda.is_available():
+            fail("train.attn_implementation", "flash_attention_2 runs on CUDA GPUs only; use sdpa here")
+        if t.dtype == "float32" and t.mixed_precision == "no":
+            fail("train.attn_implementation", "flash_attention_2 needs bf16/fp16: set train.dtype: bfloat16 or "
+                 "train.mixed_precision: bf16")
+    if t.compile and not torch.cuda.is_available() and not any(
+            shutil.which(cxx) for cxx in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if cxx):
+        fail("train.compile", "torch.compile on CPU needs a C++ compiler (g++ or clang++; apt install g++), "
+             "none found; or set it false")
 
 
 def _check_stage(cfg: RunConfig, fail) -> None:

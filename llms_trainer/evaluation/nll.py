@@ -11,11 +11,11 @@ loss = total NLL / number of target tokens (nats per token), ppl = exp(loss).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from llms_trainer.data.packing import IGNORE_INDEX
 from llms_trainer.evaluation import (
@@ -29,6 +29,7 @@ from llms_trainer.evaluation import (
     rank_share,
     read_jsonl,
 )
+from llms_trainer.train.lm_loss import DEFAULT_CHUNK_TOKENS, Autocast, target_logprobs
 
 
 def load_nll_texts(path: str | Path) -> list[str]:
@@ -59,9 +60,11 @@ def nll_windows(ids: list[int], seq_length: int) -> list[tuple[list[int], list[i
     return windows
 
 
-def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int,
-               device: Any) -> list[tuple[float, int]]:
-    """(summed NLL in nats, number of targets) per window, for one right-padded batch of windows."""
+def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int, device: Any,
+               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, autocast: Autocast = nullcontext) -> list[tuple[float, int]]:
+    """(summed NLL in nats, number of targets) per window, for one right-padded batch of windows.
+
+    Only target positions go through the LM head, `chunk_tokens` at a time (lm_loss.target_logprobs)."""
     width = max(len(inputs) for inputs, _ in windows)
     ids = torch.full((len(windows), width), fill, dtype=torch.long)
     labels = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
@@ -70,10 +73,9 @@ def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int
         ids[row, :len(inputs)] = torch.tensor(inputs)
         labels[row, :len(targets)] = torch.tensor(targets)
         mask[row, :len(inputs)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    labels = labels.to(logits.device)
-    token_nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    sums = token_nll.double().sum(dim=1).tolist()
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}
+    logprobs = target_logprobs(model, inputs, labels.to(device), chunk_tokens=chunk_tokens, autocast=autocast)
+    sums = (-logprobs.double()).sum(dim=1).tolist()
     counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
     return list(zip(sums, counts, strict=True))
 
@@ -117,7 +119,8 @@ def evaluate_windows(model: Any, tokenizer: Any, windows: list[tuple[list[int], 
     local: list[tuple[int | None, tuple[float, int]]] = []
     with eval_mode(model):
         for batch in batches(share, batch_size):
-            per_window = window_nll(model, [w for _, w in batch], pad_id(tokenizer), accelerator.device)
+            per_window = window_nll(model, [w for _, w in batch], pad_id(tokenizer), accelerator.device,
+                                    autocast=accelerator.autocast)
             local += [(index, result) for (index, _), result in zip(batch, per_window, strict=True)]
     results = merge_results(gather_results(accelerator, local))
     loss = sum(total for total, _ in results) / max(1, sum(count for _, count in results))

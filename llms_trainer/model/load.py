@@ -1,7 +1,8 @@
 """Tokenizer and model for a training run: from a checkpoint (hub id or local dir) or from a model config.
 
-Also the training-time model changes: vocabulary check/resize, gradient checkpointing, LoRA (peft) and
-training the token embeddings only. Errors raise `ModelLoadError` naming the config key.
+Also the training-time model changes: vocabulary check/resize, gradient checkpointing, LoRA (peft),
+training the token embeddings only, and torch.compile of the decoder layers. Errors raise `ModelLoadError`
+naming the config key.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
     """The model of a run: `weights_dir` (a checkpoint to resume), else train.ckpt, else `model_config`.
 
     `train` is the `train:` config section; `auto_class` names the transformers Auto class (the stage's
-    model kind); `config_changes` (e.g. num_labels=1) apply to the model config. The vocabulary is checked
-    against the tokenizer (resized only when train.resize_model_vocab_size).
+    model kind); `config_changes` (e.g. num_labels=1) apply to the model config. The attention kernel is
+    train.attn_implementation. The vocabulary is checked against the tokenizer (resized only when
+    train.resize_model_vocab_size).
     """
     import transformers
 
@@ -75,7 +77,7 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
     if source:
         try:
             model = factory.from_pretrained(str(source), dtype=dtype, trust_remote_code=train.trust_remote_code,
-                                            **config_changes)
+                                            attn_implementation=train.attn_implementation, **config_changes)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{key}: cannot load a model ({auto_class}) from '{source}' ({err})") from err
     else:
@@ -85,7 +87,8 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
         for name, value in config_changes.items():
             setattr(config, name, value)
         torch.manual_seed(train.seed)
-        model = factory.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code)
+        model = factory.from_config(config, dtype=dtype, trust_remote_code=train.trust_remote_code,
+                                    attn_implementation=train.attn_implementation)
     add_row_for_new_pad(model, tokenizer)
     match_vocab(model, tokenizer, train.resize_model_vocab_size)
     return model
@@ -160,6 +163,33 @@ def prepare_for_training(model, train, adapter_dir: str | Path | None = None):
         freeze_all_but(model, train.token_embedding_layer_name)
     if train.use_lora:
         model = add_lora(model, train, adapter_dir)
+    return model
+
+
+def maybe_compile(model, train, accelerator=None):
+    """With train.compile: torch.compile every decoder layer in place (`nn.Module.compile`); else `model` as is.
+
+    Layers rather than the whole model: parameter names and checkpoints stay unchanged, DDP/DeepSpeed wrap the
+    model as usual, the loss outside the layers (the chunked LM head) stays eager, and identical layers share
+    one compiled graph. Call after LoRA/freezing (the adapters are compiled in). The first steps are slow while
+    inductor compiles (and recompiles for new row lengths until it marks them dynamic). Refused under DeepSpeed
+    ZeRO-3, whose hooks gather parameters inside each layer.
+    """
+    if not train.compile:
+        return model
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from llms_trainer.io import zero_stage
+
+    if accelerator is not None and zero_stage(accelerator) == 3:
+        raise ModelLoadError("train.compile: not supported under DeepSpeed ZeRO-3 (its hooks gather parameters "
+                             "inside every layer); use a ZeRO-1/2 accelerate config or set train.compile: false")
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ModelLoadError(f"train.compile: found no decoder layers to compile in {type(model).__name__}; set "
+                             "train.compile: false")
+    for layer in layers:
+        layer.compile()
     return model
 
 

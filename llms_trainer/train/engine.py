@@ -141,24 +141,29 @@ def peak_flops(train, precision: str) -> float | None:
 
 
 class _StepClock:
-    """Tokens, rows and wall time since the last log, excluding time spent in evals and saves."""
+    """Tokens, rows, wall time and time waiting for data since the last log, excluding evals and saves."""
 
     def __init__(self):
-        self.start, self.paused, self.tokens, self.rows = time.perf_counter(), 0.0, 0, 0
+        self.start, self.paused, self.waited, self.tokens, self.rows = time.perf_counter(), 0.0, 0.0, 0, 0
 
     def pause(self, seconds: float) -> None:
         self.paused += seconds
+
+    def wait(self, seconds: float) -> None:
+        """Time spent waiting for the next step's micro-batches (part of the step time)."""
+        self.waited += seconds
 
     def add(self, tokens: int, rows: int) -> None:
         self.tokens += tokens
         self.rows += rows
 
-    def rate(self) -> tuple[float, float]:
-        """(tokens per second, mean tokens per row) since the last call (this process)."""
+    def rate(self) -> tuple[float, float, float]:
+        """(tokens per second, mean tokens per row, share of the time spent waiting for data) since the last
+        call (this process)."""
         elapsed = max(1e-9, time.perf_counter() - self.start - self.paused)
-        rate, per_row = self.tokens / elapsed, self.tokens / max(1, self.rows)
-        self.start, self.paused, self.tokens, self.rows = time.perf_counter(), 0.0, 0, 0
-        return rate, per_row
+        rate, per_row, waiting = self.tokens / elapsed, self.tokens / max(1, self.rows), min(1.0, self.waited / elapsed)
+        self.start, self.paused, self.waited, self.tokens, self.rows = time.perf_counter(), 0.0, 0.0, 0, 0
+        return rate, per_row, waiting
 
 
 def _reduce(accelerator, values: list[float]) -> list[float]:
@@ -174,16 +179,19 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _fetch_step(run: StageRun, n: int, accelerator) -> tuple[list[dict], float, float, bool]:
+def _fetch_step(run: StageRun, n: int, accelerator, clock: _StepClock) -> tuple[list[dict], float, float, bool]:
     """(micro-batches, loss items, tokens, short) of the next step, agreed over processes.
 
-    A data error on any process (a corrupt shard met mid-run) stops every process here, together.
+    The time this process waits for its micro-batches goes to `clock`. A data error on any process (a corrupt
+    shard met mid-run) stops every process here, together.
     """
     error, micro = None, []
+    started = time.perf_counter()
     try:
         micro = run.next_step(n)
     except USER_ERRORS as err:
         error = err
+    clock.wait(time.perf_counter() - started)
     items, tokens, short, failed = _reduce(accelerator, [
         sum(run.count_items(b) for b in micro), sum(run.count_tokens(b) for b in micro),
         float(len(micro) < n), float(error is not None)])
@@ -318,9 +326,9 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
             bar.write(message)
 
     def log_interval() -> None:
-        tokens_per_s, row_length = clock.rate()
+        tokens_per_s, row_length, data_wait = clock.rate()
         metrics = {**interval.means(), "train/lr": lr_used, "train/tokens_per_s": tokens_per_s,
-                   "train/tokens_seen": tokens_seen}
+                   "train/tokens_seen": tokens_seen, "train/data_wait_fraction": data_wait}
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         if peak:
@@ -357,7 +365,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
     try:
         model.train()
         while step < t.num_training_steps:
-            micro, items, tokens, short = _fetch_step(run, t.gradient_accumulation_steps, accelerator)
+            micro, items, tokens, short = _fetch_step(run, t.gradient_accumulation_steps, accelerator, clock)
             if short or items == 0:  # every process stops together
                 result.stop_reason = ("training data exhausted (train.num_training_epochs)" if short
                                       else "a step without any loss item (check data.seq_length)")

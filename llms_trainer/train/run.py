@@ -16,6 +16,7 @@ from llms_trainer.config import (
 from llms_trainer.model.load import (
     count_parameters,
     load_tokenizer,
+    maybe_compile,
     prepare_for_training,
     zero3_init_as_configured,
 )
@@ -100,6 +101,7 @@ def _build(cfg: RunConfig, stage: Stage, accelerator, resume_from: Path | None, 
         model = stage.build_model(cfg, tokenizer, model_config,
                                   weights_dir=resume_from if resume_from is not None and not use_adapter else None)
     model = prepare_for_training(model, cfg.train, adapter_dir=resume_from / "adapter" if use_adapter else None)
+    model = maybe_compile(model, cfg.train, accelerator)
     for key in compatibility_keys_set(cfg):
         accelerator.print(f"note: {key} is accepted for compatibility and has no effect in this trainer")
     return tokenizer, loader, evals, model

@@ -55,6 +55,6 @@ def test_a_pad_that_had_to_be_added_gets_an_embedding_row(tmp_path, tiny_tokeniz
     model_config = tmp_path / "tiny_llama.json"
     model_config.write_text(json.dumps(tiny_llama(len(only_eos))))
     train = SimpleNamespace(dtype="float32", ckpt=None, initializer_range=None, seed=0, trust_remote_code=False,
-                            resize_model_vocab_size=False)
+                            resize_model_vocab_size=False, attn_implementation="sdpa")
     model = build_model(train, tokenizer, str(model_config))
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) == len(only_eos) + 1

@@ -147,9 +147,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(write_config, model_config_fil
     calls = {"n": 0}
     real = pretrain.loss_sum
 
-    def nan_at_third_step(model, batch):
+    def nan_at_third_step(model, batch, **options):
         calls["n"] += 1
-        loss = real(model, batch)
+        loss = real(model, batch, **options)
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(pretrain, "loss_sum", nan_at_third_step)

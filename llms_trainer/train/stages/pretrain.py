@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
+
 import torch
-import torch.nn.functional as F
 
 from llms_trainer.config import RunConfig
 from llms_trainer.data.mixing import load_policy, natural_weights
-from llms_trainer.data.packing import IGNORE_INDEX, model_inputs, real_tokens
+from llms_trainer.data.packing import IGNORE_INDEX, model_inputs, real_tokens  # noqa: F401 (model_inputs: LM stages)
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader
 from llms_trainer.data.shards import list_shards
 from llms_trainer.evaluation.methods import build_evaluators
 from llms_trainer.model.load import build_causal_lm
+from llms_trainer.train.lm_loss import (  # noqa: F401 (shifted_targets: for the other LM stages)
+    Autocast,
+    lm_loss_sum,
+    shifted_targets,
+)
 from llms_trainer.train.stages import LoaderRun, Stage, StageContext
 
 
@@ -29,22 +37,20 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> ResumableLoader:
     return ResumableLoader(data, num_workers=cfg.train.train_num_workers, prefetch_factor=cfg.train.prefetch_factor)
 
 
-def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Position t predicts labels[t + 1]; the last position predicts nothing."""
-    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+def loss_sum(model, batch: dict, chunk_tokens: int = 0, autocast: Autocast = nullcontext) -> torch.Tensor:
+    """Summed next-token cross-entropy over the labelled positions of a micro-batch (fp32 logits), the LM head
+    applied to `chunk_tokens` labelled positions at a time (0: the model's full logits; see lm_loss)."""
+    return lm_loss_sum(model, batch, chunk_tokens, autocast)
 
 
-def loss_sum(model, batch: dict) -> torch.Tensor:
-    """Summed next-token cross-entropy over the labelled positions of a micro-batch (fp32 logits)."""
-    logits = model(**model_inputs(batch)).logits
-    targets = shifted_targets(batch["labels"])
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+def lm_loss(model, batch: dict, **options) -> tuple[torch.Tensor, dict]:
+    """(summed next-token loss, no extra statistics): the loss of every causal-LM stage (`options`: loss_sum's)."""
+    return loss_sum(model, batch, **options), {}
 
 
-def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """(summed next-token loss, no extra statistics): the loss of every causal-LM stage."""
-    return loss_sum(model, batch), {}
+def lm_loss_for(cfg: RunConfig, ctx: StageContext) -> Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]:
+    """`lm_loss` as this run computes it: train.loss_chunk_tokens, the LM head under the accelerator's autocast."""
+    return partial(lm_loss, chunk_tokens=cfg.train.loss_chunk_tokens, autocast=ctx.accelerator.autocast)
 
 
 def count_items(batch: dict) -> int:
@@ -63,7 +69,7 @@ def build_evals(cfg: RunConfig, tokenizer, accelerator):
 
 
 def start(cfg: RunConfig, ctx: StageContext) -> LoaderRun:
-    return LoaderRun(ctx.data, lm_loss, count_items, count_tokens)
+    return LoaderRun(ctx.data, lm_loss_for(cfg, ctx), count_items, count_tokens)
 
 
 STAGE = Stage(name="pretrain", build_model=build_causal_lm, build_train_data=build_train_data,

@@ -52,7 +52,7 @@ def build_evals(cfg: RunConfig, tokenizer, accelerator):
 
 
 def start(cfg: RunConfig, ctx: StageContext) -> LoaderRun:
-    return LoaderRun(ctx.data, pretrain.lm_loss, pretrain.count_items, pretrain.count_tokens)
+    return LoaderRun(ctx.data, pretrain.lm_loss_for(cfg, ctx), pretrain.count_items, pretrain.count_tokens)
 
 
 STAGE = Stage(name="sft", build_model=build_model, build_train_data=build_train_data, build_evals=build_evals,
