@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check llms_trainer tests bench utils data scripts train_llms.py train_reward_model.py
+	$(BIN)/ruff check llms_trainer tests bench utils data scripts train_llms.py train_reward_model.py train_rl.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_path.py

@@ -61,7 +61,7 @@ class DataConfig(Section):
     split_by_shard: bool = Field(False, description="accepted for compatibility; no effect: records are dealt "
                                  "to ranks × workers one by one, which balances any number of shards")
     shuffle_buffer_records: int = Field(1024, ge=1, description="records of one data unit shuffled together")
-    on_bad_record: Literal["error", "skip"] = Field("error", description="sft/reward/dpo training records that "
+    on_bad_record: Literal["error", "skip"] = Field("error", description="sft/reward/dpo/grpo training records that "
                                                     "are unusable (sft: no assistant turn, an empty turn, a wrong "
                                                     "role order, an unknown format; pairs: not JSON, a field "
                                                     "missing, a non-numeric margin): stop naming the file and "
@@ -196,12 +196,101 @@ class RewardConfig(Section):
                                                      "mean (TRL's option of that name); null: off")
 
 
+def _bundled_files(value: Datasets) -> Datasets:
+    """A dataset key (path, list or {name: path}) with each relative path resolved by `bundled`."""
+    if isinstance(value, str):
+        return bundled(value)
+    if isinstance(value, list):
+        return [bundled(v) for v in value]
+    if isinstance(value, dict):
+        return {k: bundled(v) for k, v in value.items()}
+    return value
+
+
 class DPOConfig(Section):
-    """dpo: section (stage dpo)."""
+    """dpo: section (stage dpo). Pairs per micro-batch per process: train.train_batch_size."""
+
+    datasets: Datasets = Field(None, description="preference-pair jsonl file(s) {prompt, selected|chosen, "
+                               "rejected}, globs or shard dirs (compress_data.py --mode reward), as "
+                               "data.reward_model_datasets of the reward stage; a path, a list or {name: path}")
+    eval_datasets: Datasets = Field(None, description="held-out pair files for eval/dpo/<name>/* (loss, reward "
+                                    "margin and accuracy against the reference) with train.train_and_eval")
+    beta: float = Field(0.1, gt=0, description="strength of the tie to the reference (the implicit reward is "
+                        "beta · log(pi / pi_ref) of the response)")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="sigmoid: DPO | ipo: squared distance to 1/(2 beta) | hinge: SLiC | robust: "
+        "noise-robust DPO (with label_smoothing)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed share of flipped labels (cDPO for "
+                                   "sigmoid, robust DPO); 0: off; not with ipo or hinge")
+    precompute_ref_logps: bool = Field(False, description="score every pair with the reference once at start, "
+                                       "then free it (no reference forward per step, no reference in memory)")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> DPOConfig:
+        self.datasets, self.eval_datasets = _bundled_files(self.datasets), _bundled_files(self.eval_datasets)
+        return self
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.eval_datasets)
+
+
+class RewardFunction(Section):
+    """One rule reward of grpo.reward_funcs."""
+
+    name: str = Field(..., description="'module:function' (importable) or 'path/to/file.py:function'; called "
+                      "as f(prompts, completions, **columns) -> list of floats, one per completion")
+    weight: float = Field(1.0, description="factor of this reward in the total")
 
 
 class GRPOConfig(Section):
-    """grpo: section (stage grpo)."""
+    """grpo: section (stage grpo). Completions per micro-batch per process: train.train_batch_size."""
+
+    prompts: Datasets = Field(None, description="prompt jsonl file(s): {prompt} or {messages} (ending with a user "
+                              "turn); other keys are columns handed to reward functions")
+    eval_prompts: Datasets = Field(None, description="held-out prompts: greedy completions scored every "
+                                   "eval_interval (eval/grpo/*), saved to work_dir/grpo_eval/step_<n>.json")
+    num_generations: int = Field(8, ge=2, description="completions sampled per prompt (the group)")
+    max_new_tokens: int = Field(256, ge=1, description="tokens per completion at most; a prompt must leave them "
+                                "room in data.seq_length")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs are taken of logits / "
+                               "temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    generation_batch_size: int = Field(32, ge=1, description="completions per generate call")
+    reward_model: str | None = Field(None, description="reward checkpoint (train_reward_model.py) scoring "
+                                     "prompt + completion text with its own tokenizer")
+    reward_model_weight: float = Field(1.0, description="factor of the reward model's score in the total")
+    normalize_reward_model: bool = Field(False, description="use (score - reward_mean) / reward_std of the "
+                                         "reward checkpoint's config.json")
+    reward_funcs: list[RewardFunction] = Field(default_factory=list, description="Python rewards [{name: "
+                                               "'module:function' or 'file.py:function', weight}], each called "
+                                               "as f(prompts, completions, **columns) -> list of floats")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantage = reward - group mean, divided by the group std | the batch std | nothing")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(
+        "dapo", description="grpo: token losses averaged per sequence, then over sequences | dr_grpo: summed, "
+        "divided by sequences × max_new_tokens | dapo: averaged over all completion tokens of the step")
+    epsilon_low: float = Field(0.2, ge=0, lt=1, description="clip the ratio below at 1 - epsilon_low")
+    epsilon_high: float = Field(0.2, ge=0, description="clip the ratio above at 1 + epsilon_high (DAPO: 0.28)")
+    beta: float = Field(0.0, ge=0, description="weight of the k3 KL to the frozen starting model; 0: no "
+                        "reference model at all")
+    num_iterations: int = Field(1, ge=1, description="optimizer steps on each rollout (clipping matters from "
+                                "the second on)")
+    mask_truncated_completions: bool = Field(False, description="completions cut at max_new_tokens get no loss")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> GRPOConfig:
+        self.prompts, self.eval_prompts = _bundled_files(self.prompts), _bundled_files(self.eval_prompts)
+        self.reward_model = bundled(self.reward_model)
+        for function in self.reward_funcs:
+            module, sep, name = function.name.rpartition(":")
+            if sep and module.endswith(".py"):
+                function.name = f"{bundled(module)}:{name}"
+        return self
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.eval_prompts)
 
 
 # stage → its section key and class (a stage without an entry has no section)
@@ -325,7 +414,9 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         for path in files:
             if not os.path.isfile(path):
                 fail(f"eval.{key}", f"'{path}' does not exist")
-    own_evals = cfg.stage_name() == "reward" and e.test_reward_model_acc_files  # the reward stage's pair accuracy
+    section = getattr(cfg, STAGE_SECTIONS.get(cfg.stage_name(), ""), None)
+    own_evals = ((cfg.stage_name() == "reward" and e.test_reward_model_acc_files)  # the reward stage's pair accuracy
+                 or getattr(section, "evaluates", False))  # dpo / grpo held-out files
     if t.train_and_eval and not e.eval_methods and not own_evals:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
 

@@ -38,6 +38,16 @@ echo "== 5. instruction tuning (SFT) of the extended model on the bundled chats,
 sh train_llms.sh configs/accelerate_configs/cpu.yaml configs/sft_configs/tiny_demo.yaml
 SFT=$(ls -d work_dirs/tiny_sft/checkpoint-* | sort -t- -k2 -n | tail -n 1)
 
+echo "== 6. DPO of the SFT model on the bundled preference pairs (reference: the SFT checkpoint)"
+sh train_rl.sh configs/accelerate_configs/cpu.yaml configs/rl_configs/dpo_tiny_demo.yaml \
+    train.ckpt="$SFT" data.tokenizer_path="$SFT"
+DPO=$(ls -d work_dirs/tiny_dpo/checkpoint-* | sort -t- -k2 -n | tail -n 1)
+
+echo "== 7. a short GRPO of the SFT model against the reward model (its own, smaller tokenizer)"
+sh train_rl.sh configs/accelerate_configs/cpu.yaml configs/rl_configs/grpo_tiny_demo.yaml \
+    train.ckpt="$SFT" data.tokenizer_path="$SFT" grpo.reward_model="$RM_CKPT"
+GRPO=$(ls -d work_dirs/tiny_grpo/checkpoint-* | sort -t- -k2 -n | tail -n 1)
+
 echo
 echo "== done"
 echo "checkpoint:          $CKPT"
@@ -48,3 +58,5 @@ echo "reward model:        $RM_CKPT  (metrics: $RM/metrics.jsonl, delta histogra
 echo "merged tokenizer:    $TOK/chat  (report: $TOK/merged/merge_report.json)"
 echo "extended model:      $TOK/extended_model"
 echo "SFT checkpoint:      $SFT  (generations: work_dirs/tiny_sft/generation_eval/)"
+echo "DPO checkpoint:      $DPO  (metrics: work_dirs/tiny_dpo/metrics.jsonl)"
+echo "GRPO checkpoint:     $GRPO  (greedy completions and rewards: work_dirs/tiny_grpo/grpo_eval/)"

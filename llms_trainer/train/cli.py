@@ -2,7 +2,8 @@
 
     python SCRIPT --train_config CFG [--model_config MODEL_CFG] [--check] [key.sub=value ...]
 
-A script gives its help text, its demo config, and the stage it always runs (None: the config's own).
+A script gives its help text, its demo config, and the stage it always runs (None: the config's own; a tuple:
+the config must name one of those).
 Exit codes: 0 done, 2 bad input (one `error:` line), 1 training diverged. The package (and torch) is
 imported only after the arguments parse.
 """
@@ -42,20 +43,28 @@ def parse_args(argv: list[str] | None, doc: str, demo_config: str, demo_model_co
     return args
 
 
-def with_stage(config: str, overrides: list[str], stage: str | None) -> list[str]:
-    """The overrides that make `config` run `stage`; a config naming another stage is a ConfigError."""
+def with_stage(config: str, overrides: list[str], stage: str | tuple[str, ...] | None) -> list[str]:
+    """The overrides that make `config` run `stage`; a config naming another stage is a ConfigError.
+
+    A tuple of stages: the config must name one of them with `stage:` (train_rl.py: dpo or grpo)."""
     if stage is None:
         return list(overrides)
     from llms_trainer.config import ConfigError, load_config
 
     named = load_config(config, overrides, check_files=False).stage
+    if isinstance(stage, tuple):
+        if named not in stage:
+            got = "missing" if named is None else f"'{named}'"
+            raise ConfigError(f"{config}: key stage: {got}; this script runs one of {', '.join(stage)}: set "
+                              f"stage: {stage[0]} (or another of them) in the config")
+        return list(overrides)
     if named not in (None, stage):
         raise ConfigError(f"{config}: key stage: '{named}', but this script runs the {stage} stage; remove the "
                           "key or use the script of that stage")
     return [*overrides, f"stage={stage}"]
 
 
-def check(args: argparse.Namespace, stage: str | None = None) -> int:
+def check(args: argparse.Namespace, stage: str | tuple[str, ...] | None = None) -> int:
     """Validate the config and what the run would find in work_dir; 0 ok, 2 with one error line."""
     from llms_trainer.config import load_config, require_model_source
     from llms_trainer.train.checkpoint import resolve_resume
@@ -77,7 +86,7 @@ def check(args: argparse.Namespace, stage: str | None = None) -> int:
 
 
 def main(argv: list[str] | None, doc: str, demo_config: str, demo_model_config: str | None = None,
-         stage: str | None = None, help_keys: list[str] | None = None) -> int:
+         stage: str | tuple[str, ...] | None = None, help_keys: list[str] | None = None) -> int:
     """Parse, then `--check` or run on this process; returns the exit code."""
     args = parse_args(argv, doc, demo_config, demo_model_config, help_keys)
     if args.check:

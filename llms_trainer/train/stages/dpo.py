@@ -1,6 +1,17 @@
-"""DPO stage: the pure loss.
+"""DPO stage: preference pairs against a frozen reference (the starting checkpoint), and its pure loss.
 
-The stage plumbing (config section, reference model, data, registration) is added by the DPO stage issue.
+Data: pairs `{prompt, selected|chosen, rejected}` from `dpo.datasets` (jsonl files, globs or reward shards,
+read as the reward stage reads them: `llms_trainer.data.pairs`; a `margin` column is ignored). Each side is
+the chat conversation [user: prompt, assistant: response] encoded by `ChatEncoder` (one BOS, role tokens
+typed in the text kept as text); the scored tokens are the response and its `<|endofchat|>`. A sequence
+longer than data.seq_length is cut there; a pair whose response is cut away entirely on either side, or
+whose two sides come out identical, is dropped and counted. Pairs per micro-batch per process:
+train.train_batch_size; chosen and rejected rows go through one forward. Items (the loss divisor) = pairs.
+
+Reference: the model of train.ckpt, frozen (`prepare_frozen`); under LoRA the policy itself with its
+adapters switched off (no copy). `dpo.precompute_ref_logps` scores every pair with the reference once at
+start and frees it. Held-out pairs (`dpo.eval_datasets`) are scored by the reference at start too.
+
 Engine form: a stage returns `dpo_loss_sum(...)` = (sum of per-pair losses, number of pairs); the engine
 divides the step's summed losses by the step's pairs, which is the batch-mean loss.
 
@@ -16,19 +27,49 @@ completion tokens (`llms_trainer.train.logprobs.sequence_logprob_sum`),
                                                                     robust DPO (Chowdhury et al. 2024),
                                                                     an unbiased loss under label flips of
                                                                     probability eps < 0.5
-    ipo                (h - 1 / (2 β))^2                            IPO (Azar et al. 2023, Eq. 17); TRL feeds
-                                                                    it per-token MEAN log-probs, so a stage
-                                                                    should too
+    ipo                (h - 1 / (2 β))^2                            IPO (Azar et al. 2023, Eq. 17); as in TRL
+                                                                    fed per-token MEAN log-probs (this stage
+                                                                    averages over the response for ipo)
     hinge              max(0, 1 - β h)                              SLiC / RSO hinge; 1/β is the margin
 
 Implicit rewards: chosen = β (policy_chosen - ref_chosen), rejected = β (policy_rejected - ref_rejected),
-detached (they are statistics, not part of the loss).
+detached (they are statistics, not part of the loss). Logged per step (means over its pairs):
+train/rewards/chosen, rewards/rejected, rewards/margins (chosen - rejected), rewards/accuracies (share with
+chosen > rejected), logps/chosen, logps/rejected (the policy's response log-probs).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from llms_trainer.config import ConfigError, DPOConfig, RunConfig
+from llms_trainer.data.packing import IGNORE_INDEX
+from llms_trainer.data.pairs import (
+    BadRecordError,
+    EncodedPairs,
+    Pair,
+    PairDataError,
+    PairStream,
+    input_files,
+    pair_batch,
+    read_pairs,
+)
+from llms_trainer.data.pipeline import pad_id_of
+from llms_trainer.data.sft import ChatEncoder, ChatTokenizerError
+from llms_trainer.evaluation import batches, eval_mode, gather_results, merge_results, rank_share
+from llms_trainer.evaluation.methods import build_evaluators
+from llms_trainer.model.frozen import adapters_disabled, prepare_frozen
+from llms_trainer.model.load import build_causal_lm, zero3_init_as_configured
+from llms_trainer.train.logprobs import token_logprobs
+from llms_trainer.train.stages import Stage, StageContext, sft
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 
@@ -68,3 +109,288 @@ def dpo_loss_sum(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch
     losses, _, _ = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     return losses.sum(), losses.numel()
+
+
+# -- data -----------------------------------------------------------------------------------------------
+
+@dataclass
+class DPOPairs:
+    """Encoded pairs (rows 2i chosen, 2i+1 rejected) and the [start, stop) of each row's scored tokens."""
+
+    encoded: EncodedPairs
+    spans: np.ndarray  # [2N, 2]
+    dropped: int = 0  # pairs whose response was cut away or whose sides came out identical
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
+def encode_dpo_pairs(tokenizer, pairs: list[Pair], seq_length: int) -> DPOPairs:
+    """Both sides of every pair as chat conversations; scored tokens = the labels SFT would train."""
+    encoder = ChatEncoder(tokenizer, seq_length)
+    samples = encoder.encode([[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": reply}]
+                              for p in pairs for reply in (p.selected, p.rejected)])
+    rows, spans, dropped = [], [], 0
+    for chosen, rejected in zip(samples[0::2], samples[1::2], strict=True):
+        if chosen is None or rejected is None or chosen.ids == rejected.ids:
+            dropped += 1
+            continue
+        for sample in (chosen, rejected):
+            scored = [i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX]
+            rows.append(sample.ids)
+            spans.append((scored[0], scored[-1] + 1))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    tokens = np.fromiter((t for r in rows for t in r), dtype=np.int32, count=int(offsets[-1]))
+    return DPOPairs(EncodedPairs(tokens, offsets, None, dropped), np.asarray(spans, dtype=np.int64).reshape(-1, 2),
+                    dropped)
+
+
+def dpo_batch(pairs: DPOPairs, indices: list[int], fill: int, ref_logps: torch.Tensor | None = None) -> dict:
+    """input_ids/attention_mask (chosen rows, then rejected rows), labels_mask on the scored tokens, and
+    ref_logps [2B] when precomputed."""
+    batch = pair_batch(pairs.encoded, indices, fill)
+    mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    rows = [2 * i for i in indices] + [2 * i + 1 for i in indices]
+    for k, row in enumerate(rows):
+        start, stop = pairs.spans[row]
+        mask[k, start:stop] = True
+    batch["labels_mask"] = mask
+    if ref_logps is not None:
+        batch["ref_logps"] = torch.cat([ref_logps[indices, 0], ref_logps[indices, 1]])
+    return batch
+
+
+class DPOStream(PairStream):
+    """The reward stage's pair stream (same dealing, epochs and resume) yielding `dpo_batch`es."""
+
+    def __init__(self, pairs: DPOPairs, *args):
+        super().__init__(pairs.encoded, *args)
+        self.dpo_pairs = pairs
+        self.ref_logps: torch.Tensor | None = None  # [N, 2] with dpo.precompute_ref_logps
+
+    def next_batch(self) -> dict | None:
+        first = self.batches * self.world_size * self.batch_size + self.rank
+        indices = [self._pair_at(first + self.world_size * j) for j in range(self.batch_size)]
+        if super().next_batch() is None:
+            return None
+        return dpo_batch(self.dpo_pairs, indices, self.fill, self.ref_logps)
+
+
+@dataclass
+class DPOData:
+    """What build_train_data hands to start: the stream, plus the held-out sets build_evals adds."""
+
+    stream: DPOStream
+    eval_sets: dict[str, DPOPairs] = field(default_factory=dict)
+    evaluator: DPOEvaluator | None = None
+
+
+_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # accelerator → this run's DPOData
+
+
+def load_pairs(tokenizer, entries: list[str], seq_length: int, on_bad_record: str, key: str) -> DPOPairs:
+    try:
+        records, _ = read_pairs(entries, on_bad_record)
+        pairs = encode_dpo_pairs(tokenizer, records, seq_length)
+    except BadRecordError as err:
+        raise ConfigError(f"key {key}: {err}; fix the line or set data.on_bad_record: skip") from None
+    except PairDataError as err:
+        raise ConfigError(f"key {key}: {err}") from None
+    except ChatTokenizerError as err:
+        raise ConfigError(f"key data.tokenizer_path: {err}") from None
+    if not len(pairs):
+        raise ConfigError(f"key {key}: all {pairs.dropped} pairs were dropped (response cut away by "
+                          f"data.seq_length={seq_length}, or identical sides); raise data.seq_length")
+    return pairs
+
+
+def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> DPOData:
+    d, t = cfg.data, cfg.train
+    pairs = load_pairs(tokenizer, input_files(cfg.dpo.datasets), d.seq_length, d.on_bad_record, "dpo.datasets")
+    stream = DPOStream(pairs, t.train_batch_size, accelerator.process_index, accelerator.num_processes, t.seed,
+                       t.num_training_epochs, pad_id_of(tokenizer))
+    per_step = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
+    accelerator.print(f"dpo data: {len(pairs)} pairs, {pairs.dropped} dropped (response cut away by data.seq_length "
+                      f"= {d.seq_length} or identical sides); {per_step} pairs per optimizer step")
+    _DATA[accelerator] = data = DPOData(stream)
+    return data
+
+
+# -- log-probs ------------------------------------------------------------------------------------------
+
+def response_logps(model, batch: dict, mean: bool = False) -> torch.Tensor:
+    """[rows] the summed (or, for ipo, mean) log-probs of each row's scored tokens."""
+    labels = batch["labels_mask"]
+    sums = token_logprobs(model, batch["input_ids"], batch["attention_mask"], labels).sum(-1)
+    return sums / labels.sum(-1).clamp(min=1) if mean else sums
+
+
+def all_pair_logps(model, pairs: DPOPairs, batch_size: int, accelerator, fill: int, mean: bool) -> torch.Tensor:
+    """[N, 2] response log-probs (chosen, rejected) of every pair under `model` (no grad; call in eval mode).
+
+    Pairs are split across processes and gathered (every process runs the same number of forwards)."""
+    share = rank_share(list(range(len(pairs))), accelerator.process_index, accelerator.num_processes)
+    local = []
+    with torch.no_grad():
+        for group in batches(share, batch_size):
+            batch = dpo_batch(pairs, [i for _, i in group], fill)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            chosen, rejected = response_logps(model, batch, mean).float().cpu().chunk(2)
+            local += [(index, (c, r)) for (index, _), c, r in zip(group, chosen.tolist(), rejected.tolist(),
+                                                                   strict=True)]
+    return torch.tensor(merge_results(gather_results(accelerator, local)), dtype=torch.float32)
+
+
+@contextmanager
+def reference_of(model, reference, accelerator):
+    """The frozen reference to score with: the separate model, or the LoRA policy with adapters off."""
+    if reference is not None:
+        with torch.no_grad():
+            yield reference
+    else:
+        with adapters_disabled(model, accelerator) as policy, eval_mode(policy):
+            yield policy
+
+
+def build_reference(cfg: RunConfig, ctx: StageContext):
+    """The frozen starting model (None under LoRA: the policy with adapters disabled is the reference)."""
+    if cfg.train.use_lora:
+        return None
+    with zero3_init_as_configured(ctx.accelerator):
+        model = build_causal_lm(cfg, ctx.tokenizer, ctx.model_config)
+    return prepare_frozen(model, ctx.accelerator)
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+class DPORun:
+    """Micro-batches of pairs; policy and reference log-probs of both sides, the DPO loss and its statistics."""
+
+    def __init__(self, stream: DPOStream, options: DPOConfig, reference, accelerator):
+        self.stream, self.options, self.reference, self.accelerator = stream, options, reference, accelerator
+
+    def next_step(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n and (batch := self.stream.next_batch()) is not None:
+            out.append(batch)
+        return out
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        o, mean = self.options, self.options.loss_type == "ipo"
+        ref = batch.get("ref_logps")
+        if ref is None:
+            with reference_of(model, self.reference, self.accelerator) as reference:
+                ref = response_logps(reference, batch, mean)
+        policy = response_logps(model, batch, mean)
+        policy_chosen, policy_rejected = policy.chunk(2)
+        ref_chosen, ref_rejected = ref.chunk(2)
+        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=o.beta,
+                                            loss_type=o.loss_type, label_smoothing=o.label_smoothing)
+        pairs = losses.numel()
+        stats = {"rewards/chosen": (chosen.sum(), pairs), "rewards/rejected": (rejected.sum(), pairs),
+                 "rewards/margins": ((chosen - rejected).sum(), pairs),
+                 "rewards/accuracies": ((chosen > rejected).sum(), pairs),
+                 "logps/chosen": (policy_chosen.detach().sum(), pairs),
+                 "logps/rejected": (policy_rejected.detach().sum(), pairs)}
+        return losses.sum(), stats
+
+    def count_items(self, batch: dict) -> int:
+        return batch["input_ids"].shape[0] // 2  # pairs
+
+    def count_tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def can_save(self) -> bool:
+        return True
+
+    def report(self) -> dict[str, float]:
+        return {"data/epochs": self.stream.epochs()}
+
+
+def start(cfg: RunConfig, ctx: StageContext) -> DPORun:
+    """The run; reference log-probs of the held-out pairs (and, with precompute_ref_logps, of every training
+    pair) are computed here, before the first step."""
+    data: DPOData = ctx.data
+    options, accelerator = cfg.dpo, ctx.accelerator
+    reference = build_reference(cfg, ctx)
+    fill, size, mean = pad_id_of(ctx.tokenizer), cfg.eval.batch_size, options.loss_type == "ipo"
+    with reference_of(ctx.model, reference, accelerator) as scorer:
+        if data.evaluator is not None:
+            data.evaluator.ref = {name: all_pair_logps(scorer, pairs, size, accelerator, fill, mean)
+                                  for name, pairs in data.eval_sets.items()}
+        if options.precompute_ref_logps:
+            data.stream.ref_logps = all_pair_logps(scorer, data.stream.dpo_pairs, cfg.train.train_batch_size,
+                                                   accelerator, fill, mean)
+    if options.precompute_ref_logps:
+        reference = None  # every reference log-prob is known: free the model
+    return DPORun(data.stream, options, reference, accelerator)
+
+
+# -- eval -----------------------------------------------------------------------------------------------
+
+class DPOEvaluator:
+    """eval/dpo/<name>/{loss, rewards/margins, rewards/accuracies} on held-out pairs, and over all files."""
+
+    def __init__(self, sets: dict[str, DPOPairs], options: DPOConfig, accelerator, batch_size: int, fill: int):
+        self.sets, self.options, self.accelerator, self.batch_size, self.fill = sets, options, accelerator, batch_size, fill
+        self.ref: dict[str, torch.Tensor] = {}  # [N, 2] per set, filled by start
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        o, metrics, every = self.options, {}, []
+        with eval_mode(model):
+            for name, pairs in self.sets.items():
+                policy = all_pair_logps(model, pairs, self.batch_size, self.accelerator, self.fill,
+                                        o.loss_type == "ipo")
+                ref = self.ref[name]
+                losses, chosen, rejected = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=o.beta,
+                                                    loss_type=o.loss_type, label_smoothing=o.label_smoothing)
+                margins = chosen - rejected
+                every.append(margins)
+                metrics[f"eval/dpo/{name}/loss"] = float(losses.mean())
+                metrics[f"eval/dpo/{name}/rewards/margins"] = float(margins.mean())
+                metrics[f"eval/dpo/{name}/rewards/accuracies"] = float((margins > 0).float().mean())
+        margins = torch.cat(every)
+        metrics["eval/dpo/rewards/margins"] = float(margins.mean())
+        metrics["eval/dpo/rewards/accuracies"] = float((margins > 0).float().mean())
+        return metrics
+
+
+def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
+    """The eval methods of eval.eval_methods, and the held-out pair metrics of dpo.eval_datasets."""
+    from llms_trainer.evaluation.reward_accuracy import named_files
+
+    evals = build_evaluators(cfg, tokenizer, accelerator)
+    if cfg.dpo.eval_datasets:
+        data: DPOData = _DATA[accelerator]
+        data.eval_sets = {name: load_pairs(tokenizer, [path], cfg.data.seq_length, "error", "dpo.eval_datasets")
+                          for name, path in named_files(cfg.dpo.eval_datasets).items()}
+        data.evaluator = DPOEvaluator(data.eval_sets, cfg.dpo, accelerator, cfg.eval.batch_size, pad_id_of(tokenizer))
+        evals.append(data.evaluator)
+    return evals
+
+
+def check_config(cfg: RunConfig, fail) -> None:
+    """The dpo stage's keys: pair files exist, label smoothing fits the loss, no pretraining sources."""
+    options = cfg.dpo
+    if options is None or not input_files(options.datasets):
+        fail("dpo.datasets", "no preference-pair files; give jsonl files, globs or shard dirs of {prompt, selected, "
+             "rejected} records")
+    for key, value in (("dpo.datasets", options.datasets), ("dpo.eval_datasets", options.eval_datasets)):
+        for entry in input_files(value):
+            if not (os.path.exists(entry) or glob.glob(entry)):
+                fail(key, f"'{entry}' matches nothing")
+    if options.label_smoothing and options.loss_type in ("ipo", "hinge"):
+        fail("dpo.label_smoothing", f"applies to the sigmoid and robust losses, not {options.loss_type}; set it to 0")
+    if cfg.data.data:
+        fail("data.data", "the dpo stage reads dpo.datasets; remove data.data")
+
+
+STAGE = Stage(name="dpo", build_model=sft.build_model, build_train_data=build_train_data, build_evals=build_evals,
+              start=start, check_config=check_config)

@@ -1,7 +1,15 @@
-"""GRPO stage: the pure pieces (group advantages and the clipped policy loss).
+"""GRPO stage: sampled groups of completions per prompt, rewards, group advantages, the clipped loss.
 
-The stage plumbing (config section, rollouts with `llms_trainer.evaluation.generation.generate`, reward
-model, reference model, data, registration) is added by the GRPO stage issue.
+Rollout (every process, once per `grpo.num_iterations` optimizer steps): train.train_batch_size ×
+gradient_accumulation_steps / num_generations prompts (`llms_trainer.data.prompts`), each completed
+`num_generations` times by the shared `generate` from this process's `torch.Generator` (state saved in
+checkpoints); a completion ends at <|endofchat|> or EOS, the rest is masked. Rewards
+(`llms_trainer.train.rewards`) are gathered from all processes for the group advantages. With
+num_iterations > 1 the rollout-time log-probs are the "old" ones of the ratio; with beta > 0 the frozen
+starting model's are taken too (the LoRA policy with adapters off under LoRA); all of logits / temperature.
+Checkpoints come between rollouts; one written at the end of training inside a rollout stores the rollout,
+so resuming from it is exact too. Logged: reward, rewards/<part> (both with _std), frac_reward_zero_std,
+completions/mean_length|max_length|clipped_ratio, clip_ratio/low_mean|high_mean|region_mean, kl (beta > 0).
 
 Per completion token t of sequence i, with A_i the sequence's advantage (TRL GRPOTrainer's objective;
 `epsilon_high` > `epsilon_low` is DAPO's clip-higher, TRL's `epsilon` / `epsilon_high`):
@@ -21,7 +29,43 @@ Normalisations (`loss_type`, TRL's names), with m the completion mask, B sequenc
 
 from __future__ import annotations
 
+import base64
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
+
+from llms_trainer.config import ConfigError, RunConfig
+from llms_trainer.data.pairs import input_files
+from llms_trainer.data.pipeline import pad_id_of
+from llms_trainer.data.prompts import (
+    PromptDataError,
+    PromptSet,
+    PromptStream,
+    encode_prompts,
+    exists,
+    read_prompts,
+)
+from llms_trainer.data.sft import ChatTokenizerError
+from llms_trainer.evaluation import eval_mode, left_padded
+from llms_trainer.evaluation.generation import generate
+from llms_trainer.evaluation.methods import build_evaluators
+from llms_trainer.evaluation.rl import CompletionRewardEval
+from llms_trainer.tokenizer.chat import END_TOKEN
+from llms_trainer.train.logprobs import token_logprobs
+from llms_trainer.train.rewards import (
+    Rewarder,
+    RewardFunctionError,
+    build_rewarder,
+    check_signature,
+    load_reward_function,
+    reward_statistics,
+    rewards_agreed,
+)
+from llms_trainer.train.stages import Stage, StageContext, sft
+from llms_trainer.train.stages.dpo import build_reference, reference_of
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -110,3 +154,261 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
              "clip_ratio/low_mean": int(low.sum()) / tokens, "clip_ratio/high_mean": int(high.sum()) / tokens,
              "clip_ratio/region_mean": int((low | high).sum()) / tokens}
     return loss_sum / max(items, 1), stats
+
+
+# -- data -----------------------------------------------------------------------------------------------
+
+@dataclass
+class GRPOData:
+    train: PromptSet
+    stream: PromptStream
+    rewarder: Rewarder | None = None  # built by start (the reward model is placed after accelerator.prepare)
+
+
+def load_prompt_set(cfg: RunConfig, tokenizer, entries: list[str], key: str, on_bad_record: str) -> PromptSet:
+    """Read, encode and check prompts (ConfigError naming `key`, file:line for a bad record); prompts that
+    leave no room for grpo.max_new_tokens in data.seq_length are dropped and counted."""
+    limit = cfg.data.seq_length - cfg.grpo.max_new_tokens
+    try:
+        result = encode_prompts(read_prompts(entries, on_bad_record)[0], tokenizer, limit)
+    except PromptDataError as err:
+        raise ConfigError(f"key {key}: {err}") from None
+    except ChatTokenizerError as err:
+        raise ConfigError(f"key data.tokenizer_path: {err}") from None
+    if not result.prompts:
+        raise ConfigError(f"key {key}: every prompt is longer than data.seq_length - grpo.max_new_tokens = {limit} "
+                          "tokens; raise data.seq_length or lower grpo.max_new_tokens")
+    for index, entry in enumerate(cfg.grpo.reward_funcs):
+        try:
+            check_signature(load_reward_function(entry.name), entry.name, result.columns)
+        except RewardFunctionError as err:
+            raise ConfigError(f"key grpo.reward_funcs.{index}.name: {err}") from None
+    return result
+
+
+_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # accelerator → this run's GRPOData (for build_evals)
+
+
+def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> GRPOData:
+    g, t = cfg.grpo, cfg.train
+    train = load_prompt_set(cfg, tokenizer, input_files(g.prompts), "grpo.prompts", cfg.data.on_bad_record)
+    per_draw = t.train_batch_size * t.gradient_accumulation_steps // g.num_generations
+    stream = PromptStream(len(train.prompts), per_draw, accelerator.process_index, accelerator.num_processes, t.seed)
+    accelerator.print(f"grpo data: {len(train.prompts)} prompts ({train.dropped} dropped as too long), columns "
+                      f"{train.columns or 'none'}; per rollout {per_draw * accelerator.num_processes} prompts × "
+                      f"{g.num_generations} completions, {g.num_iterations} optimizer step(s) each")
+    _DATA[accelerator] = data = GRPOData(train, stream)
+    return data
+
+
+# -- rollouts -------------------------------------------------------------------------------------------
+
+def _gathered(accelerator, values: torch.Tensor) -> torch.Tensor:
+    if accelerator.num_processes == 1:
+        return values
+    return accelerator.gather(values.to(accelerator.device)).cpu()
+
+
+def assemble(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+             fill: int) -> dict:
+    """Rows = left-padded prompt | right-padded completion; completion_start = the prompt width."""
+    prompts = left_padded(prompt_ids, fill, "cpu")
+    return {"input_ids": torch.cat([prompts["input_ids"], completion_ids], 1),
+            "attention_mask": torch.cat([prompts["attention_mask"], completion_mask], 1),
+            "completion_mask": completion_mask, "completion_start": prompts["input_ids"].shape[1]}
+
+
+def micro_batch(batch: dict, rows: slice) -> dict:
+    """Rows of a rollout batch, with the columns that are padding in every one of them dropped."""
+    out = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    start, mask = out["completion_start"], out["attention_mask"]
+    lead = int(mask[:, :start].sum(-1).neg().add(start).min())  # left padding common to every row
+    width = max(1, int(out["completion_mask"].sum(-1).max()))
+    for key in ("input_ids", "attention_mask"):
+        out[key] = out[key][:, lead:start + width]
+    for key in ("completion_mask", "loss_mask"):
+        out[key] = out[key][:, :width]
+    out["completion_start"] = start - lead
+    return out
+
+
+class GRPORun:
+    """Rollouts and the clipped loss (see the module doc)."""
+
+    def __init__(self, cfg: RunConfig, ctx: StageContext, data: GRPOData, reference):
+        self.cfg, self.g, self.ctx, self.data, self.reference = cfg, cfg.grpo, ctx, data, reference
+        self.accelerator, self.tokenizer = ctx.accelerator, ctx.tokenizer
+        self.stops = sorted({int(ctx.tokenizer.eos_token_id), int(ctx.tokenizer.convert_tokens_to_ids(END_TOKEN))})
+        self.generator = torch.Generator(device=self.accelerator.device)
+        self.generator.manual_seed(cfg.train.seed * 1000 + self.accelerator.process_index)
+        self.rollout: list[dict] = []
+        self.passes_left, self.max_length = 0, 0
+
+    def next_step(self, n: int) -> list[dict]:
+        if self.passes_left == 0:
+            self.rollout, self.passes_left = self._rollout(n), self.g.num_iterations
+        self.passes_left -= 1
+        return self.rollout
+
+    def _rollout(self, n: int) -> list[dict]:
+        g, acc, data = self.g, self.accelerator, self.data
+        indices = [i for i in data.stream.next_draw() for _ in range(g.num_generations)]
+        ids = [data.train.ids[i] for i in indices]
+        out = generate(self.ctx.model, self.tokenizer, ids, max_new_tokens=g.max_new_tokens, do_sample=True,
+                       temperature=g.temperature, top_p=g.top_p, stop_token_ids=self.stops,
+                       batch_size=g.generation_batch_size, generator=self.generator, accelerator=acc)
+        parts = rewards_agreed(data.rewarder, [data.train.prompts[i].text for i in indices], out.texts,
+                               data.train.column_values(indices), acc)
+        rewards, lengths = data.rewarder.total(parts), out.completion_mask.sum(-1)
+        everyone = _gathered(acc, torch.stack([rewards, lengths.float()], 1))
+        advantages, _ = group_advantages(everyone[:, 0], g.num_generations, g.scale_rewards)
+        mine = slice(acc.process_index * len(ids), (acc.process_index + 1) * len(ids))
+        grouped = rewards.view(-1, g.num_generations)
+        batch = assemble(ids, out.completion_ids, out.completion_mask, pad_id_of(self.tokenizer))
+        keep = ~out.truncated if g.mask_truncated_completions else torch.ones_like(out.truncated)
+        batch.update(loss_mask=out.completion_mask * keep[:, None], advantages=advantages[mine], rewards=rewards,
+                     reward_parts=parts, truncated=out.truncated,
+                     zero_std=(grouped.amax(-1) == grouped.amin(-1)).repeat_interleave(g.num_generations))
+        self.max_length = int(everyone[:, 1].max())
+        size = len(ids) // n
+        micro = [micro_batch(batch, slice(k * size, (k + 1) * size)) for k in range(n)]
+        for m in micro:
+            self._add_fixed_logps(m)
+        return micro
+
+    def _logps(self, model, batch: dict) -> torch.Tensor:
+        """[B, C] log-probs of the completion tokens (logits / temperature)."""
+        start = batch["completion_start"]
+        labels = F.pad(batch["completion_mask"], (start, 0)).bool()
+        return token_logprobs(model, batch["input_ids"], batch["attention_mask"], labels,
+                              temperature=self.g.temperature)[:, start:]
+
+    def _add_fixed_logps(self, batch: dict) -> None:
+        """old_logps (num_iterations > 1) and ref_logps (beta > 0): fixed for the whole rollout."""
+        device = self.accelerator.device
+        on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if self.g.num_iterations > 1:
+            with eval_mode(self.ctx.model):
+                batch["old_logps"] = self._logps(self.ctx.model, on_device).cpu()
+        if self.g.beta > 0:
+            with reference_of(self.ctx.model, self.reference, self.accelerator) as reference:
+                batch["ref_logps"] = self._logps(reference, on_device).cpu()
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        g = self.g
+        parts = grpo_token_losses(self._logps(model, batch), batch.get("old_logps"), batch.get("ref_logps"),
+                                  batch["advantages"], epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high,
+                                  beta=g.beta)
+        loss_sum, _ = grpo_loss_sum(parts["loss"], batch["loss_mask"], g.loss_type, g.max_new_tokens)
+        return loss_sum, self._stats(batch, parts)
+
+    def _stats(self, batch: dict, parts: dict) -> dict:
+        rows, mask = len(batch["rewards"]), batch["loss_mask"].bool()
+        tokens = mask.sum()
+        squares = lambda x: (x.sum(), (x * x).sum(), rows)  # noqa: E731
+        stats = {"reward": squares(batch["rewards"])}
+        for k, name in enumerate(self.data.rewarder.names):
+            stats[f"rewards/{name}"] = squares(batch["reward_parts"][:, k])
+        low, high = parts["clipped_low"] & mask, parts["clipped_high"] & mask
+        stats.update({"frac_reward_zero_std": (batch["zero_std"].sum(), rows),
+                      "completions/mean_length": (batch["completion_mask"].sum(), rows),
+                      "completions/clipped_ratio": (batch["truncated"].sum(), rows),
+                      "clip_ratio/low_mean": (low.sum(), tokens), "clip_ratio/high_mean": (high.sum(), tokens),
+                      "clip_ratio/region_mean": ((low | high).sum(), tokens)})
+        if self.g.beta > 0:
+            stats["kl"] = ((parts["kl"].detach() * mask).sum(), tokens)
+        return stats
+
+    def count_items(self, batch: dict) -> int:
+        return int(batch["loss_mask"].sum()) if self.g.loss_type == "dapo" else len(batch["rewards"])
+
+    def count_tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def state_dict(self) -> dict:
+        """The prompt position and generator after the latest rollout, and that rollout while it is in use."""
+        state = self.generator.get_state()
+        return {"stream": self.data.stream.state_dict(), "passes_left": self.passes_left,
+                "generator": base64.b64encode(bytes(state.tolist())).decode("ascii"), "max_length": self.max_length,
+                "rollout": [_to_json(m) for m in self.rollout] if self.passes_left else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data.stream.load_state_dict(state["stream"])
+        raw = base64.b64decode(state["generator"])
+        self.generator.set_state(torch.tensor(list(raw), dtype=torch.uint8))
+        self.passes_left, self.max_length = int(state["passes_left"]), int(state["max_length"])
+        self.rollout = [_from_json(m) for m in state["rollout"]] if self.passes_left else []
+
+    def can_save(self) -> bool:
+        return self.passes_left == 0
+
+    def report(self) -> dict[str, float]:
+        return {"train/completions/max_length": float(self.max_length), "data/epochs": self.data.stream.epochs()}
+
+
+def _to_json(batch: dict) -> dict:
+    return {k: {"dtype": str(v.dtype).removeprefix("torch."), "data": v.tolist()} if isinstance(v, torch.Tensor)
+            else v for k, v in batch.items()}
+
+
+def _from_json(batch: dict) -> dict:
+    return {k: torch.tensor(v["data"], dtype=getattr(torch, v["dtype"])) if isinstance(v, dict) else v
+            for k, v in batch.items()}
+
+
+def start(cfg: RunConfig, ctx: StageContext) -> GRPORun:
+    data: GRPOData = ctx.data
+    data.rewarder = build_rewarder(cfg, ctx.accelerator, data.train.columns)
+    reference = build_reference(cfg, ctx) if cfg.grpo.beta > 0 else None
+    return GRPORun(cfg, ctx, data, reference)
+
+
+# -- eval and config ---------------------------------------------------------------------------------
+
+def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
+    """The eval methods of eval.eval_methods, and the reward of greedy completions on grpo.eval_prompts."""
+    evals = build_evaluators(cfg, tokenizer, accelerator)
+    if cfg.grpo.eval_prompts:
+        data: GRPOData = _DATA[accelerator]
+        prompts = load_prompt_set(cfg, tokenizer, input_files(cfg.grpo.eval_prompts), "grpo.eval_prompts", "error")
+        evals.append(CompletionRewardEval(cfg, prompts, lambda: data.rewarder, tokenizer, accelerator))
+    return evals
+
+
+def check_config(cfg: RunConfig, fail) -> None:
+    """The grpo stage's keys: prompt files, a reward (model and/or importable functions), batch shapes."""
+    g, t = cfg.grpo, cfg.train
+    if g is None or not input_files(g.prompts):
+        fail("grpo.prompts", "no prompt files; give jsonl files of {\"prompt\": ...} or {\"messages\": [...]} records")
+    for key, value in (("grpo.prompts", g.prompts), ("grpo.eval_prompts", g.eval_prompts)):
+        for entry in input_files(value):
+            if not exists(entry):
+                fail(key, f"'{entry}' matches nothing")
+    if not g.reward_model and not g.reward_funcs:
+        fail("grpo.reward_funcs", "no reward: set grpo.reward_model (a checkpoint of train_reward_model.py) and/or "
+             "grpo.reward_funcs ([{name: module:function, weight: 1.0}])")
+    if g.reward_model and not (Path(g.reward_model) / "config.json").is_file():
+        fail("grpo.reward_model", f"'{g.reward_model}' is not a checkpoint directory (no config.json)")
+    if g.reward_model and g.normalize_reward_model:
+        try:
+            reward_statistics(g.reward_model)
+        except ValueError as err:
+            fail("grpo.normalize_reward_model", str(err))
+    for index, entry in enumerate(g.reward_funcs):
+        try:
+            load_reward_function(entry.name)
+        except RewardFunctionError as err:
+            fail(f"grpo.reward_funcs.{index}.name", str(err))
+    per_step = t.train_batch_size * t.gradient_accumulation_steps
+    if per_step % g.num_generations:
+        fail("grpo.num_generations", f"{g.num_generations} must divide the completions of one optimizer step per "
+             f"process, train.train_batch_size × gradient_accumulation_steps = {per_step}")
+    if g.max_new_tokens >= cfg.data.seq_length:
+        fail("grpo.max_new_tokens", f"{g.max_new_tokens} leaves no room for a prompt in data.seq_length "
+             f"{cfg.data.seq_length}")
+    if cfg.data.data:
+        fail("data.data", "the grpo stage reads grpo.prompts; remove data.data")
+
+
+STAGE = Stage(name="grpo", build_model=sft.build_model, build_train_data=build_train_data, build_evals=build_evals,
+              start=start, check_config=check_config)
