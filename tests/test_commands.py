@@ -29,6 +29,7 @@ SCRIPTS = {  # console script → the repository script that runs the same main 
     "llms-extend-embeddings": "utils/extend_model_token_embeddings.py",
     "llms-train": "train_llms.py",
     "llms-train-reward": "train_reward_model.py",
+    "llms-train-rl": "train_rl.py",
     "llms-score-pairs": "utils/score_pairs.py",
     "llms-viewer": None,
 }
