@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llms_trainer.evaluation.methods import dataset_files as input_files  # noqa: F401 (one reader of dataset keys)
+
 from .compress import parse_input_line
 from .records import preference_pair
 from .shards import ShardError, ShardInfo, iter_shard_lines, list_shards
@@ -61,15 +63,6 @@ class ReadReport:
 
     pairs: dict[str, int] = field(default_factory=dict)
     bad: dict[str, int] = field(default_factory=dict)
-
-
-def input_files(value: str | list[str] | dict[str, str] | None) -> list[str]:
-    """The entries of a dataset key (a path, a list, or {name: path} as in the original configs)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return list(value.values()) if isinstance(value, dict) else list(value)
 
 
 def _units(entry: str) -> list[tuple[str, Path | ShardInfo]]:
