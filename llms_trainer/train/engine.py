@@ -161,7 +161,8 @@ class _StepClock:
         """(tokens per second, mean tokens per row, share of the time spent waiting for data) since the last
         call (this process)."""
         elapsed = max(1e-9, time.perf_counter() - self.start - self.paused)
-        rate, per_row, waiting = self.tokens / elapsed, self.tokens / max(1, self.rows), min(1.0, self.waited / elapsed)
+        rate, per_row = self.tokens / elapsed, self.tokens / max(1, self.rows)
+        waiting = min(1.0, self.waited / elapsed)
         self.start, self.paused, self.waited, self.tokens, self.rows = time.perf_counter(), 0.0, 0.0, 0, 0
         return rate, per_row, waiting
 
