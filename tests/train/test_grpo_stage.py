@@ -47,7 +47,7 @@ def test_kl_is_zero_and_nothing_is_clipped_on_the_first_pass(tmp_path, chat_toke
 
 def test_a_rule_reward_is_learned_while_shuffled_advantages_stay_flat(tmp_path, chat_tokenizer_dir,
                                                                      chat_model_config, monkeypatch):
-    steps = {"train": {"num_training_steps": 40}}
+    steps = {"train": {"num_training_steps": 30}}
     _, logger = train(grpo_config(tmp_path, chat_tokenizer_dir, "learn", **steps), chat_model_config)
     rewards = list(step_metrics(logger, "train/reward").values())
     assert mean(rewards[-10:]) >= max(3 * mean(rewards[:10]), 0.6), rewards
@@ -61,24 +61,25 @@ def test_a_rule_reward_is_learned_while_shuffled_advantages_stay_flat(tmp_path, 
     monkeypatch.setattr(grpo, "group_advantages", shuffled)
     _, control = train(grpo_config(tmp_path, chat_tokenizer_dir, "control", **steps), chat_model_config)
     flat = list(step_metrics(control, "train/reward").values())
-    assert mean(flat[-10:]) < max(1.5 * mean(flat[:10]), 0.2), flat
+    # the vowel rate wanders around its base rate (about 0.1) without the reward's signal
+    assert mean(flat[-10:]) < min(0.3, mean(rewards[-10:]) / 2), flat
 
 
 def test_resume_is_exact_between_and_inside_rollouts(tmp_path, chat_tokenizer_dir, chat_model_config):
     section = {"beta": 0.05, "num_iterations": 2, "max_new_tokens": 6}
-    full = grpo_config(tmp_path, chat_tokenizer_dir, "full", section, train={"num_training_steps": 6},
+    full = grpo_config(tmp_path, chat_tokenizer_dir, "full", section, train={"num_training_steps": 4},
                        save_interval=1)
     reference = train(full, chat_model_config)[0].losses
     # due every step, written between rollouts only (each rollout serves 2 optimizer steps)
-    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path / "full")] == [2, 4, 6]
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path / "full")] == [2, 4]
     resumed = train(full, chat_model_config, f"train.resume={tmp_path / 'full' / 'checkpoint-2'}",
                     f"work_dir={tmp_path / 'from2'}")[0].losses
-    assert sorted(resumed) == [3, 4, 5, 6]
+    assert sorted(resumed) == [3, 4]  # rollout 2 sampled after the resume
     # a run that ends inside a rollout saves that rollout with its final checkpoint
     part = grpo_config(tmp_path, chat_tokenizer_dir, "part", section, train={"num_training_steps": 3})
     head = train(part, chat_model_config)[0].losses
-    tail = train(part, chat_model_config, "train.num_training_steps=6")[0].losses
-    assert sorted(tail) == [4, 5, 6]
+    tail = train(part, chat_model_config, "train.num_training_steps=4")[0].losses
+    assert sorted(tail) == [4]  # the second pass over the saved rollout
     for losses in (resumed, head, tail):
         for step, loss in losses.items():
             assert loss == pytest.approx(reference[step], abs=1e-6), (step, losses)

@@ -60,6 +60,7 @@ def test_dpo_config_errors_name_the_key(dpo_file, chat_model_config, capsys, ove
     (["grpo.prompts=null"], "key grpo.prompts: no prompt files"),
     (["grpo.max_new_tokens=64"], "key grpo.max_new_tokens: 64 leaves no room for a prompt in data.seq_length 64"),
     (["grpo.scale_rewards=mean"], "key grpo.scale_rewards: Input should be 'group', 'batch' or 'none'"),
+    (["train.num_training_epochs=2"], "key train.num_training_epochs: the grpo stage draws prompts endlessly"),
 ])
 def test_grpo_config_errors_name_the_key(tmp_path, chat_tokenizer_dir, chat_model_config, capsys, overrides,
                                          message):

@@ -406,6 +406,9 @@ def check_config(cfg: RunConfig, fail) -> None:
     if g.max_new_tokens >= cfg.data.seq_length:
         fail("grpo.max_new_tokens", f"{g.max_new_tokens} leaves no room for a prompt in data.seq_length "
              f"{cfg.data.seq_length}")
+    if t.num_training_epochs is not None:
+        fail("train.num_training_epochs", "the grpo stage draws prompts endlessly (reshuffled every epoch); bound "
+             "the run with train.num_training_steps and remove this key")
     if cfg.data.data:
         fail("data.data", "the grpo stage reads grpo.prompts; remove data.data")
 
