@@ -49,4 +49,5 @@ echo "== 5. reward model from the SFT checkpoint"
 timed reward sh train_reward_model.sh "$ACC" configs/reward_model_configs/smollm2_real.yaml train.ckpt="$SFT"
 
 echo "== 6. summary: characters per token, NLL before/after extension and after training, reward accuracy"
-$PY scripts/demo_real_summary.py --work "$W" --output work_dirs/demo_real_summary.md
+timed summary $PY scripts/demo_real_summary.py --work "$W" --output work_dirs/demo_real_summary.md
+echo "whole demo: $SECONDS s (per step: $TIMINGS)"

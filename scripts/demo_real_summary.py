@@ -137,7 +137,7 @@ def render(models: dict[str, dict], runs: dict[str, dict], timings: list[tuple[s
     table += row("chat NLL (assistant tokens), nats per token", lambda m: fmt(m.get("chat_nll")))
     rm = runs["reward"]["eval"]
     lines = ["# make demo-real: SmolLM2-135M-Instruct, Chinese tokenizer extension, pretraining, SFT, reward model",
-             "", table, "| run | steps | tokens | train loss first → last |", "|---|---|---|---|"]
+             "", table, "| run | steps | tokens | logged train loss, first → last |", "|---|---|---|---|"]
     for name, run in runs.items():
         tokens = f"{run['tokens']:,.0f}" if run["tokens"] else "–"
         lines.append(f"| {name} | {run['steps']} | {tokens} | {fmt(run['loss_first'])} → {fmt(run['loss_last'])} |")

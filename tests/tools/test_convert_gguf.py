@@ -166,3 +166,15 @@ def test_real_smollm2_converts_with_equal_logits(tmp_path):
     logits = probe_logits(model, tokenizer, prompt)
     assert torch.equal(logits, probe_logits(gguf_model, gguf_tokenizer, prompt))
     assert tokenizer.decode(logits[0, -1].argmax()) == " Paris"  # the dequantised weights are the real model's
+
+
+@pytest.mark.parametrize("script", ["utils/convert_gguf_to_hf.py", "scripts/demo_real_summary.py"])
+def test_help_shows_the_whole_text_and_the_defaults(script):
+    import ast
+
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    source = ROOT / ("llms_trainer/commands/convert_gguf.py" if script.startswith("utils") else script)
+    assert ast.get_docstring(ast.parse(source.read_text())).splitlines()[-1].strip() in proc.stdout
+    assert proc.stdout.count("(default: ") >= 2  # --output and one more option show their defaults
