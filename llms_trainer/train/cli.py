@@ -100,12 +100,24 @@ def main(argv: list[str] | None, doc: str, demo_config: str, demo_model_config: 
 
     try:
         run(args.train_config, with_stage(args.train_config, args.overrides, stage), args.model_config)
+        code = 0
     except Exception as err:
         code = errors.exit_code(err)
         if code is None:
             raise
-        return errors.report(err, code)
-    return 0
+        code = errors.report(err, code)
+    return _leave(code)
+
+
+def _leave(code: int) -> int:
+    """`code`, or, in a rank of a multi-process launch, exit now with it: the run is over and its files are
+    closed, and skipping the interpreter's teardown avoids gloo/DeepSpeed threads occasionally aborting it
+    (SIGABRT, "terminate called without an active exception"), which torch elastic reports as a crash."""
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def config_keys_help(keys: list[str]) -> str:
