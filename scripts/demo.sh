@@ -49,6 +49,10 @@ sh train_rl.sh configs/accelerate_configs/cpu.yaml configs/rl_configs/grpo_tiny_
 GRPO=$(ls -d work_dirs/tiny_grpo/checkpoint-* | sort -t- -k2 -n | tail -n 1)
 
 echo
+echo "== summary (also in work_dirs/demo_summary.md)"
+$PY scripts/demo_summary.py
+
+echo
 echo "== done"
 echo "checkpoint:          $CKPT"
 echo "metrics:             $OUT/metrics.jsonl"

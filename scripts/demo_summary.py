@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Summarise a finished `make demo`: one row per training stage (steps, first and last logged loss, the last
+eval figures, output directory, plot), printed and written to work_dirs/demo_summary.md.
+
+  python scripts/demo_summary.py [--work-dirs work_dirs] [--output work_dirs/demo_summary.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# (stage, work_dir name, the eval metrics worth a column)
+STAGES = (("pretrain", "tiny_demo", ("eval/nll/ppl", "eval/single_choice/acc")),
+          ("reward model", "tiny_demo_rm", ("eval/reward/accuracy",)),
+          ("SFT", "tiny_sft", ("eval/chat_nll/loss",)),
+          ("DPO", "tiny_dpo", ("eval/dpo/rewards/margins", "eval/dpo/rewards/accuracies")),
+          ("GRPO", "tiny_grpo", ("eval/grpo/reward",)))
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def stage_row(name: str, work: Path, evals: tuple[str, ...]) -> str:
+    metrics = work / "metrics.jsonl"
+    if not metrics.is_file():
+        return f"| {name} | – | – | – | not run | `{work}` | – |"
+    rows = read_rows(metrics)
+    losses = [(r["step"], r["train/loss"]) for r in rows if isinstance(r.get("train/loss"), (int, float))]
+    found = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("eval/") and isinstance(value, (int, float)):
+                found[key] = value
+    shown = [k for k in evals if k in found] or sorted(found)[:2]
+    figures = ", ".join(f"{k.removeprefix('eval/')} {found[k]:.3g}" for k in shown) or "–"
+    plot = next(iter(sorted(work.glob("*.png"))), None)
+    steps = losses[-1][0] if losses else 0
+    first = f"{losses[0][1]:.3f}" if losses else "–"
+    last = f"{losses[-1][1]:.3f}" if losses else "–"
+    return f"| {name} | {steps} | {first} | {last} | {figures} | `{work}` | `{plot}` |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dirs", type=Path, default=Path("work_dirs"), help="where the demo wrote its runs "
+                        "(default: work_dirs)")
+    parser.add_argument("--output", type=Path, default=None, help="default: WORK_DIRS/demo_summary.md")
+    args = parser.parse_args(argv)
+    lines = ["| stage | steps | first loss | last loss | last eval | output | plot |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [stage_row(name, args.work_dirs / sub, evals) for name, sub, evals in STAGES]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    output = args.output or args.work_dirs / "demo_summary.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
