@@ -66,7 +66,8 @@ def write_config(data: Path, name: str, steps: int, **train) -> Path:
     cfg = {"data": {"data": {p.name: str(p) for p in sorted(data.iterdir()) if p.is_dir()},
                     "seq_length": SEQ_LENGTH, "tokenizer_path": str(TOKENIZER)},
            "train": {"train_batch_size": MICRO_BATCH, "num_training_steps": steps, "num_warmup_steps": 2, "lr": LR,
-                     "min_lr": LR / 10, "weight_decay": 0.1, "mixed_precision": "no", "resume": "none", **train},
+                     "min_lr": LR / 10, "weight_decay": 0.1, "mixed_precision": "no", "resume": "none",
+                     "overwrite_work_dir": True, **train},
            "log_interval": 10, "save_interval": 10**9, "work_dir": str(OUT / name)}
     path = OUT / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
