@@ -265,3 +265,34 @@ class PairStream:
             raise ValueError(f"the reward data changed since the checkpoint ({changed}); resume with the same "
                              "files, data.batch_size, process count and train.seed, or start fresh")
         self.batches = int(state["batches"])
+
+
+class PairRun:
+    """What every pair stage's run object shares (reward model, DPO): micro-batches from a `PairStream`
+    (`self.stream`), pairs as loss items, the stream's position as state, saves at any step."""
+
+    stream: PairStream
+
+    def next_step(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n and (batch := self.stream.next_batch()) is not None:
+            out.append(batch)
+        return out
+
+    def count_items(self, batch: dict) -> int:
+        return batch["input_ids"].shape[0] // 2  # pairs: chosen and rejected rows in one batch
+
+    def count_tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def can_save(self) -> bool:
+        return True
+
+    def report(self) -> dict[str, float]:
+        return {"data/epochs": self.stream.epochs()}

@@ -57,6 +57,7 @@ from llms_trainer.data.pairs import (
     EncodedPairs,
     Pair,
     PairDataError,
+    PairRun,
     PairStream,
     input_files,
     pair_batch,
@@ -264,17 +265,11 @@ def build_reference(cfg: RunConfig, ctx: StageContext):
 
 # -- the run --------------------------------------------------------------------------------------------
 
-class DPORun:
+class DPORun(PairRun):
     """Micro-batches of pairs; policy and reference log-probs of both sides, the DPO loss and its statistics."""
 
     def __init__(self, stream: DPOStream, options: DPOConfig, reference, accelerator):
         self.stream, self.options, self.reference, self.accelerator = stream, options, reference, accelerator
-
-    def next_step(self, n: int) -> list[dict]:
-        out = []
-        while len(out) < n and (batch := self.stream.next_batch()) is not None:
-            out.append(batch)
-        return out
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         o, mean = self.options, self.options.loss_type == "ipo"
@@ -294,24 +289,6 @@ class DPORun:
                  "logps/chosen": (policy_chosen.detach().sum(), pairs),
                  "logps/rejected": (policy_rejected.detach().sum(), pairs)}
         return losses.sum(), stats
-
-    def count_items(self, batch: dict) -> int:
-        return batch["input_ids"].shape[0] // 2  # pairs
-
-    def count_tokens(self, batch: dict) -> int:
-        return int(batch["attention_mask"].sum())
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
-    def can_save(self) -> bool:
-        return True
-
-    def report(self) -> dict[str, float]:
-        return {"data/epochs": self.stream.epochs()}
 
 
 def start(cfg: RunConfig, ctx: StageContext) -> DPORun:

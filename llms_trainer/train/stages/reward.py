@@ -28,6 +28,7 @@ from llms_trainer.config import ConfigError, RewardConfig, RunConfig
 from llms_trainer.data.pairs import (
     BadRecordError,
     PairDataError,
+    PairRun,
     PairStream,
     encode_pairs,
     input_files,
@@ -202,41 +203,17 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> PairStream:
     return stream
 
 
-class RewardRun:
+class RewardRun(PairRun):
     """The run object: micro-batches from the pair stream, one forward per micro-batch for both sides."""
 
     def __init__(self, stream: PairStream, center_coef: float):
         self.stream, self.center_coef = stream, center_coef
-
-    def next_step(self, n: int) -> list[dict]:
-        out = []
-        while len(out) < n and (batch := self.stream.next_batch()) is not None:
-            out.append(batch)
-        return out
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
         s_chosen, s_rejected = scores.chunk(2)
         loss, _ = reward_loss_sum(s_chosen, s_rejected, batch.get("margin"), self.center_coef)
         return loss, pair_statistics(s_chosen, s_rejected)
-
-    def count_items(self, batch: dict) -> int:
-        return batch["input_ids"].shape[0] // 2  # pairs
-
-    def count_tokens(self, batch: dict) -> int:
-        return int(batch["attention_mask"].sum())
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
-    def can_save(self) -> bool:
-        return True
-
-    def report(self) -> dict[str, float]:
-        return {"data/epochs": self.stream.epochs()}
 
 
 def start(cfg: RunConfig, ctx: StageContext) -> RewardRun:
