@@ -1,4 +1,4 @@
-"""Schema of the pretrain/SFT YAML (DESIGN §4) and `load_config(path, overrides)`.
+"""Schema of every training YAML and `load_config(path, overrides)`.
 
 Every key of the original configs loads unchanged; new keys are additions with defaults. Unknown keys,
 wrong types, missing files and impossible combinations raise `ConfigError` with one message of the form

@@ -1,6 +1,6 @@
 """Shards on disk: write a source's shards + manifest atomically, list them, read one verified.
 
-Layout (DESIGN §3)::
+Layout::
 
     <out>/<source>/part-00001.jsonl.zst ...  one zstd frame per shard, content checksum on
     <out>/<source>/manifest.json              {"source", "format_version", "shards": [...], totals, "bad_lines"}

@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN §5): atomic save, rotation, and the state a resume restores.
+"""Checkpoints: atomic save, rotation, and the state a resume restores.
 
     work_dir/checkpoint-<step>/      HF model (safetensors) + tokenizer, loadable by from_pretrained
         adapter/                     LoRA only: the peft adapter (the HF files hold the merged weights)
@@ -18,7 +18,7 @@ Weights with NaN/inf are never saved. Every process calls `save_checkpoint` and 
 Loading is pickle-free: `optimizer.pt` loads with `torch.load(weights_only=True)`, the rest is JSON. The
 learning-rate schedule is not stored: it is a function of the step and the config (a resume applies the
 config's schedule from the resumed step). DeepSpeed's own loader unpickles its files without restriction
-(`weights_only=False` in deepspeed's torch checkpoint engine), so every file of a DeepSpeed checkpoint is
+(its torch checkpoint engine loads without `weights_only`), so every file of a DeepSpeed checkpoint is
 first opened here with `weights_only=True` and a short allow-list of the plain types DeepSpeed writes; a file
 holding anything else is refused before DeepSpeed reads it.
 """
