@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from train_loop import ListLoader  # noqa: E402  (bench/ is this script's directory)
 
 OUT = ROOT / "bench" / "out" / "real_model"
 TOKENIZER = ROOT / "configs" / "tokenizers" / "demo_base"
@@ -94,22 +95,6 @@ def build_rows(batch_size: int, steps: int) -> Path:
     path = OUT / "rows.pt"
     torch.save(batches, path)
     return path
-
-
-class ListLoader:
-    """Pre-built micro-batches behind the loader interface the pretrain stage uses."""
-
-    def __init__(self, batches: list[dict]):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def report(self) -> dict:
-        return {}
 
 
 def side_ours(batches: list[dict], compile_layers: bool, checkpointing: bool, turn) -> dict:
