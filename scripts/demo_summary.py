@@ -14,11 +14,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # (stage, work_dir name, the eval metrics worth a column)
-STAGES = (("pretrain", "tiny_demo", ("eval/nll/ppl", "eval/single_choice/acc")),
-          ("reward model", "tiny_demo_rm", ("eval/reward/accuracy",)),
+STAGES = (("base pretraining", "tiny_demo", ("eval/nll/nats_per_char", "eval/nll/ppl", "eval/single_choice/acc")),
+          ("continued pretraining", "tiny_cpt", ("eval/nll/nats_per_char", "eval/nll/ppl")),
           ("SFT", "tiny_sft", ("eval/chat_nll/loss",)),
+          ("reward model", "tiny_demo_rm", ("eval/reward/accuracy",)),
           ("DPO", "tiny_dpo", ("eval/dpo/rewards/margins", "eval/dpo/rewards/accuracies")),
           ("GRPO", "tiny_grpo", ("eval/grpo/reward",)))
+# stages whose loss says little: a logged training metric shown as "first → last" next to the evals
+TRENDS = {"GRPO": "train/reward"}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -43,7 +46,11 @@ def stage_row(name: str, work: Path, evals: tuple[str, ...]) -> str:
             if key.startswith("eval/") and isinstance(value, (int, float)):
                 found[key] = value
     shown = [k for k in evals if k in found] or sorted(found)[:2]
-    figures = ", ".join(f"{k.removeprefix('eval/')} {found[k]:.3g}" for k in shown) or "–"
+    figures = [f"{k.removeprefix('eval/')} {found[k]:.3g}" for k in shown]
+    trend = [r[TRENDS[name]] for r in rows if isinstance(r.get(TRENDS.get(name)), (int, float))]
+    if trend:
+        figures.insert(0, f"{TRENDS[name]} {trend[0]:.3g} → {trend[-1]:.3g}")
+    figures = ", ".join(figures) or "–"
     plot = next(iter(sorted(work.glob("*.png"))), None)
     steps = losses[-1][0] if losses else 0
     first = f"{losses[0][1]:.3f}" if losses else "–"

@@ -25,7 +25,18 @@ def test_summary_has_a_row_per_stage_with_the_logged_figures(tmp_path, capsys):
     (sft / "tiny_sft.png").write_bytes(b"png")
     assert load_script().main(["--work-dirs", str(tmp_path)]) == 0
     table = (tmp_path / "demo_summary.md").read_text().splitlines()
-    assert len(table) == 2 + 5
+    assert len(table) == 2 + 6
     row = next(line for line in table if line.startswith("| SFT |"))
     assert "| 20 | 6.500 | 5.250 | chat_nll/loss 5.5 |" in row and "tiny_sft.png" in row
     assert next(line for line in table if line.startswith("| DPO |")).count("not run") == 1
+
+
+def test_grpo_row_shows_its_reward_trend(tmp_path):
+    grpo = tmp_path / "tiny_grpo"
+    grpo.mkdir()
+    rows = [{"step": 5, "train/loss": 0.01, "train/reward": -0.25}, {"step": 10, "train/loss": 0.02, "train/reward": 0.5},
+            {"step": 10, "eval/grpo/reward": 0.75}]
+    (grpo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    load_script().main(["--work-dirs", str(tmp_path)])
+    row = next(line for line in (tmp_path / "demo_summary.md").read_text().splitlines() if line.startswith("| GRPO |"))
+    assert "train/reward -0.25 → 0.5, grpo/reward 0.75" in row

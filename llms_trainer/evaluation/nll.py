@@ -5,7 +5,9 @@ token after BOS (the closing EOS included, as in training); pads are never targe
 than `seq_length` tokens is cut into windows of `seq_length` inputs whose targets are the next tokens:
 window k feeds ids[k*L : k*L + L] and predicts ids[k*L + 1 : k*L + L + 1], so every token after BOS is a
 target exactly once (a window's first token is context only; it was the previous window's last target).
-loss = total NLL / number of target tokens (nats per token), ppl = exp(loss).
+loss = total NLL / number of target tokens (nats per token), ppl = exp(loss). nats_per_char = total NLL /
+number of characters in the texts: unlike loss and ppl it compares models with different tokenizers (before
+and after a vocabulary extension).
 """
 
 from __future__ import annotations
@@ -103,16 +105,28 @@ def load_chat_windows(path: str | Path, tokenizer: Any, seq_length: int) -> list
 
 def evaluate_nll(model: Any, tokenizer: Any, texts: list[str], accelerator: Any, seq_length: int,
                  batch_size: int = 8) -> dict[str, float]:
-    """{"eval/nll/loss", "eval/nll/ppl"} over all target tokens of `texts`; call on all ranks."""
+    """{"eval/nll/loss", "eval/nll/ppl", "eval/nll/nats_per_char"} over all target tokens of `texts`; call on
+    all ranks."""
     windows = [w for text in texts for w in nll_windows(encode_document(tokenizer, text), seq_length)]
     if not windows:
         raise EvalDataError("NLL texts give no target tokens; each text must encode to at least 2 tokens")
-    return evaluate_windows(model, tokenizer, windows, accelerator, batch_size, "eval/nll")
+    total, count = window_totals(model, tokenizer, windows, accelerator, batch_size)
+    loss = total / max(1, count)
+    return {"eval/nll/loss": loss, "eval/nll/ppl": math.exp(min(loss, 700.0)),
+            "eval/nll/nats_per_char": total / max(1, sum(len(text) for text in texts))}
 
 
 def evaluate_windows(model: Any, tokenizer: Any, windows: list[tuple[list[int], list[int]]], accelerator: Any,
                      batch_size: int, prefix: str) -> dict[str, float]:
-    """{prefix/loss, prefix/ppl}: mean NLL over every target of `windows`; call on all ranks.
+    """{prefix/loss, prefix/ppl}: mean NLL over every target of `windows`; call on all ranks."""
+    total, count = window_totals(model, tokenizer, windows, accelerator, batch_size)
+    loss = total / max(1, count)
+    return {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 700.0))}
+
+
+def window_totals(model: Any, tokenizer: Any, windows: list[tuple[list[int], list[int]]], accelerator: Any,
+                  batch_size: int) -> tuple[float, int]:
+    """(summed NLL in nats, target count) over every window, all ranks together; call on all ranks.
 
     Windows are split across ranks, so every rank runs the same number of forward passes."""
     share = rank_share(windows, accelerator.process_index, accelerator.num_processes)
@@ -123,5 +137,4 @@ def evaluate_windows(model: Any, tokenizer: Any, windows: list[tuple[list[int], 
                                     autocast=accelerator.autocast)
             local += [(index, result) for (index, _), result in zip(batch, per_window, strict=True)]
     results = merge_results(gather_results(accelerator, local))
-    loss = sum(total for total, _ in results) / max(1, sum(count for _, count in results))
-    return {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 700.0))}
+    return sum(total for total, _ in results), sum(count for _, count in results)

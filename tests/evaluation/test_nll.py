@@ -35,6 +35,8 @@ def test_nll_equals_hand_computed_cross_entropy(tiny_model, tiny_tokenizer, acce
     expected = sum(s for s, _ in sums) / sum(c for _, c in sums)
     assert metrics["eval/nll/loss"] == pytest.approx(expected, rel=1e-5)
     assert metrics["eval/nll/ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+    chars = sum(len(t) for t in TEXTS)
+    assert metrics["eval/nll/nats_per_char"] == pytest.approx(sum(s for s, _ in sums) / chars, rel=1e-5)
 
 
 def test_targets_exclude_bos_and_include_eos(tiny_tokenizer):
