@@ -31,6 +31,7 @@ SCRIPTS = {  # console script → the repository script that runs the same main 
     "llms-train-reward": "train_reward_model.py",
     "llms-train-rl": "train_rl.py",
     "llms-score-pairs": "utils/score_pairs.py",
+    "llms-convert-gguf": "utils/convert_gguf_to_hf.py",
     "llms-viewer": None,
 }
 COLUMNS = "100"  # argparse wraps help to the terminal width: the same for both sides of a comparison
