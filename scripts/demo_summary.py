@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Summarise a finished `make demo`: one row per training stage (steps, first and last logged loss, the last
-eval figures, output directory, plot), printed and written to work_dirs/demo_summary.md.
+eval figures, output directory, plot), printed and written to work_dirs/demo_summary.md, and one figure with
+a panel per stage (train loss, and the stage's eval figures on a second axis) in work_dirs/demo_summary.png.
 
   python scripts/demo_summary.py [--work-dirs work_dirs] [--output work_dirs/demo_summary.md]
 """
@@ -8,11 +9,16 @@ eval figures, output directory, plot), printed and written to work_dirs/demo_sum
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
+
+from llms_trainer.io import atomic_write  # noqa: E402
+from llms_trainer.metrics import metric_series, read_metrics  # noqa: E402
+
 # (stage, work_dir name, the eval metrics worth a column)
 STAGES = (("base pretraining", "tiny_demo", ("eval/nll/nats_per_char", "eval/nll/ppl", "eval/single_choice/acc")),
           ("continued pretraining", "tiny_cpt", ("eval/nll/nats_per_char", "eval/nll/ppl")),
@@ -24,21 +30,11 @@ STAGES = (("base pretraining", "tiny_demo", ("eval/nll/nats_per_char", "eval/nll
 TRENDS = {"GRPO": "train/reward"}
 
 
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def stage_row(name: str, work: Path, evals: tuple[str, ...]) -> str:
     metrics = work / "metrics.jsonl"
     if not metrics.is_file():
         return f"| {name} | – | – | – | not run | `{work}` | – |"
-    rows = read_rows(metrics)
+    rows = read_metrics(metrics)
     losses = [(r["step"], r["train/loss"]) for r in rows if isinstance(r.get("train/loss"), (int, float))]
     found = {}
     for row in rows:
@@ -58,6 +54,35 @@ def stage_row(name: str, work: Path, evals: tuple[str, ...]) -> str:
     return f"| {name} | {steps} | {first} | {last} | {figures} | `{work}` | `{plot}` |"
 
 
+def stages_figure(work_dirs: Path):
+    """One panel per stage that ran: train/loss (left axis), its eval figures and trend (right axis)."""
+    from matplotlib.figure import Figure
+
+    ran = [(name, work_dirs / sub, evals) for name, sub, evals in STAGES if (work_dirs / sub / "metrics.jsonl").is_file()]
+    figure = Figure(figsize=(4.5 * 3, 3.2 * max(1, -(-len(ran) // 3))), layout="constrained")
+    axes = figure.subplots(max(1, -(-len(ran) // 3)), 3, squeeze=False).ravel()
+    for ax, (name, work, evals) in zip(axes, ran, strict=False):
+        series = metric_series(read_metrics(work / "metrics.jsonl"))
+        steps, values = series.get("train/loss", ([], []))
+        ax.plot(steps, values, color="tab:blue", linewidth=1.2, label="train/loss")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        right = ax.twinx()
+        logged = [k for k in evals if series.get(k, ([], []))[0]][:1]  # the stage's main eval figure
+        extra = logged + [k for k in (TRENDS.get(name),) if k and series.get(k, ([], []))[0]]
+        for key, colour in zip(extra, ("tab:orange", "tab:green", "tab:red"), strict=False):
+            right.plot(*series[key], color=colour, marker=".", linewidth=1.0, label=key)
+        right.tick_params(labelsize=7)
+        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6)
+    for ax in axes[len(ran):]:
+        ax.set_visible(False)
+    figure.suptitle("make demo: every stage")
+    return figure
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dirs", type=Path, default=Path("work_dirs"), help="where the demo wrote its runs "
@@ -72,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or args.work_dirs / "demo_summary.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
-    print(f"wrote {output}")
+    png = io.BytesIO()
+    stages_figure(args.work_dirs).savefig(png, format="png", dpi=100)
+    atomic_write(output.with_suffix(".png"), png.getvalue())
+    print(f"wrote {output} and {output.with_suffix('.png')}")
     return 0
 
 

@@ -29,6 +29,7 @@ def test_summary_has_a_row_per_stage_with_the_logged_figures(tmp_path, capsys):
     row = next(line for line in table if line.startswith("| SFT |"))
     assert "| 20 | 6.500 | 5.250 | chat_nll/loss 5.5 |" in row and "tiny_sft.png" in row
     assert next(line for line in table if line.startswith("| DPO |")).count("not run") == 1
+    assert (tmp_path / "demo_summary.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_grpo_row_shows_its_reward_trend(tmp_path):
