@@ -28,6 +28,7 @@ STAGES = (("base pretraining", "tiny_demo", ("eval/nll/nats_per_char", "eval/nll
           ("GRPO", "tiny_grpo", ("eval/grpo/reward",)))
 # stages whose loss says little: a logged training metric shown as "first → last" next to the evals
 TRENDS = {"GRPO": "train/reward"}
+TREND_POINTS = 3
 
 
 def stage_row(name: str, work: Path, evals: tuple[str, ...]) -> str:
@@ -44,8 +45,10 @@ def stage_row(name: str, work: Path, evals: tuple[str, ...]) -> str:
     shown = [k for k in evals if k in found] or sorted(found)[:2]
     figures = [f"{k.removeprefix('eval/')} {found[k]:.3g}" for k in shown]
     trend = [r[TRENDS[name]] for r in rows if isinstance(r.get(TRENDS.get(name)), (int, float))]
-    if trend:
-        figures.insert(0, f"{TRENDS[name]} {trend[0]:.3g} → {trend[-1]:.3g}")
+    if trend:  # a noisy metric: the mean of its first and of its last TREND_POINTS logged values
+        ends = trend[:TREND_POINTS], trend[-TREND_POINTS:]
+        first, last = (sum(part) / len(part) for part in ends)
+        figures.insert(0, f"{TRENDS[name]} {first:.3g} → {last:.3g}")
     figures = ", ".join(figures) or "–"
     plot = next(iter(sorted(work.glob("*.png"))), None)
     steps = losses[-1][0] if losses else 0

@@ -35,9 +35,10 @@ def test_summary_has_a_row_per_stage_with_the_logged_figures(tmp_path, capsys):
 def test_grpo_row_shows_its_reward_trend(tmp_path):
     grpo = tmp_path / "tiny_grpo"
     grpo.mkdir()
-    rows = [{"step": 5, "train/loss": 0.01, "train/reward": -0.25}, {"step": 10, "train/loss": 0.02, "train/reward": 0.5},
-            {"step": 10, "eval/grpo/reward": 0.75}]
+    rewards = [-0.5, 0.0, 0.5, 1.0, 0.25, 0.25, 0.25]  # the first three average 0, the last three 0.25
+    rows = [{"step": 5 * i, "train/loss": 0.01, "train/reward": r} for i, r in enumerate(rewards, start=1)]
+    rows.append({"step": 35, "eval/grpo/reward": 0.75})
     (grpo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     load_script().main(["--work-dirs", str(tmp_path)])
     row = next(line for line in (tmp_path / "demo_summary.md").read_text().splitlines() if line.startswith("| GRPO |"))
-    assert "train/reward -0.25 → 0.5, grpo/reward 0.75" in row
+    assert "train/reward 0 → 0.25, grpo/reward 0.75" in row
