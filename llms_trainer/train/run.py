@@ -64,6 +64,8 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
             tokenizer, loader, evals, model = _build(cfg, stage, accelerator, resume_from, model_config, where)
         if accelerator.is_main_process:  # validated everywhere: now the run may change work_dir
             workdir.clear(to_clear, cfg.work_dir)
+            if resume_from is None:
+                workdir.set_aside_outputs(cfg.work_dir)
             dump_config(cfg, Path(cfg.work_dir) / "config.yaml",
                         extra={"config_file": where, "overrides": list(overrides or []),
                                "model_config": model_config, "num_processes": accelerator.num_processes})

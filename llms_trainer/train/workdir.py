@@ -78,6 +78,22 @@ def plan_lineage(work_dir: str | Path, resume_from: Path | None, overwrite: bool
     return lineage, in_the_way
 
 
+# per-step eval outputs the stages write under work_dir by default (generation, GRPO completions, reward
+# delta histograms and scores)
+EVAL_OUTPUT_DIRS = ("generation_eval", "grpo_eval", "reward_eval", "delta_scores")
+
+
+def set_aside_outputs(work_dir: str | Path) -> None:
+    """A fresh run: move the previous run's eval output dirs to `<name>.prev` (as metrics.jsonl goes to
+    metrics.prev.jsonl), so a step_<n> file of another run is never mistaken for this run's."""
+    for name in EVAL_OUTPUT_DIRS:
+        path = Path(work_dir) / name
+        if path.is_dir():
+            prev = path.with_name(f"{name}.prev")
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(path, prev)
+
+
 def clear(paths: list[Path], work_dir: str | Path) -> None:
     """Delete the planned checkpoints and the leftovers of crashed saves and rotations."""
     for path in [*paths, *leftover_dirs(work_dir)]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.errors import NonFiniteError as NonFiniteLossError
 from llms_trainer.train.run import run
 from tests.train.conftest import RecordingLogger
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train(config, model_config, *overrides, logger=None):
@@ -158,3 +161,16 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(write_config, model_config_fil
     work = tmp_path / "run"
     assert [s for s, _ in ckpt.complete_checkpoints(work)] == [2]
     assert not list(work.glob("checkpoint-3*"))
+
+
+def test_a_fresh_run_sets_the_previous_runs_eval_outputs_aside(write_config, model_config_file, tmp_path):
+    config = write_config("run", train={"num_training_steps": 2, "train_and_eval": True}, eval_interval=2,
+                          eval={"eval_methods": ["generation_eval"], "max_new_tokens": 2,
+                                "generation_dataset": str(ROOT / "eval_data/pretrain/generation.jsonl")})
+    run(config, [], str(model_config_file), logger=RecordingLogger())
+    outputs = tmp_path / "run" / "generation_eval"
+    (outputs / "step_99.json").write_text("[]")  # what a longer earlier run left behind
+    run(config, ["train.resume=none", "train.overwrite_work_dir=true"], str(model_config_file),
+        logger=RecordingLogger())
+    assert sorted(p.name for p in outputs.iterdir()) == ["step_2.json"]
+    assert (tmp_path / "run" / "generation_eval.prev" / "step_99.json").is_file()
