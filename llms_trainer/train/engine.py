@@ -36,12 +36,16 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
                    "L4": 121e12, "RTX 4090": 165e12}
 
 
+MAX_EMPTY_STEPS_IN_A_ROW = 8  # drawn steps without a loss item that are skipped before a run stops
+
+
 @dataclass
 class TrainResult:
     step: int                                                   # optimizer steps done in total
     losses: dict[int, float] = field(default_factory=dict)      # step → mean loss, steps run this call
     last_checkpoint: Path | None = None
     stop_reason: str = "num_training_steps reached"
+    empty_steps: int = 0                                        # drawn steps without a loss item, skipped
 
 
 def build_accelerator(cfg: RunConfig):
@@ -363,14 +367,23 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
         say(f"step {step}: saved {result.last_checkpoint}")
         clock.pause(time.perf_counter() - started)
 
+    empty_in_a_row = 0
     try:
         model.train()
         while step < t.num_training_steps:
             micro, items, tokens, short = _fetch_step(run, t.gradient_accumulation_steps, accelerator, clock)
-            if short or items == 0:  # every process stops together
-                result.stop_reason = ("training data exhausted (train.num_training_epochs)" if short
-                                      else "a step without any loss item (check data.seq_length)")
+            if short:  # every process stops together
+                result.stop_reason = "training data exhausted (train.num_training_epochs)"
                 break
+            if items == 0:  # nothing to learn from (e.g. every GRPO completion truncated and masked): no update
+                result.empty_steps, empty_in_a_row = result.empty_steps + 1, empty_in_a_row + 1
+                if empty_in_a_row == MAX_EMPTY_STEPS_IN_A_ROW:
+                    result.stop_reason = (f"{empty_in_a_row} steps in a row without any loss item (check "
+                                          "data.seq_length; GRPO: grpo.max_new_tokens when "
+                                          "grpo.mask_truncated_completions is true)")
+                    break
+                continue
+            empty_in_a_row = 0
             lr_used = optimizer.param_groups[0]["lr"]
             loss, stats, grad_norm = optimizer_step(run, model, micro, items, accelerator, prepared_optimizer,
                                                     trainable, t.max_grad_norm, step, result.last_checkpoint)
@@ -404,6 +417,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
         logger.plot()
     finally:
         bar.close()  # before any error line, which must stay the last line
-    accelerator.print(f"done: {step} optimizer steps, {tokens_seen} tokens; {result.stop_reason}; "
+    skipped = f"{result.empty_steps} steps without a loss item skipped; " if result.empty_steps else ""
+    accelerator.print(f"done: {step} optimizer steps, {tokens_seen} tokens; {result.stop_reason}; {skipped}"
                       f"checkpoint {result.last_checkpoint}")
     return result

@@ -174,3 +174,26 @@ def test_a_fresh_run_sets_the_previous_runs_eval_outputs_aside(write_config, mod
         logger=RecordingLogger())
     assert sorted(p.name for p in outputs.iterdir()) == ["step_2.json"]
     assert (tmp_path / "run" / "generation_eval.prev" / "step_99.json").is_file()
+
+
+def test_steps_without_a_loss_item_are_skipped_and_many_in_a_row_stop_the_run(write_config, model_config_file,
+                                                                              monkeypatch):
+    from llms_trainer.train import engine
+
+    real, calls = pretrain.count_items, []
+
+    def empty_at_first(batch: dict) -> int:  # e.g. GRPO steps whose completions were all truncated and masked
+        calls.append(1)
+        return 0 if len(calls) <= 3 else real(batch)
+
+    monkeypatch.setattr(pretrain, "count_items", empty_at_first)
+    result = run(write_config("skips", train={"num_training_steps": 4}), [], str(model_config_file),
+                 logger=RecordingLogger())
+    assert (result.step, result.empty_steps, sorted(result.losses)) == (4, 3, [1, 2, 3, 4])
+    assert result.stop_reason == "num_training_steps reached"
+
+    monkeypatch.setattr(pretrain, "count_items", lambda batch: 0)
+    result = run(write_config("never", train={"num_training_steps": 4}), [], str(model_config_file),
+                 logger=RecordingLogger())
+    assert result.step == 0 and result.empty_steps == engine.MAX_EMPTY_STEPS_IN_A_ROW
+    assert result.stop_reason.startswith(f"{engine.MAX_EMPTY_STEPS_IN_A_ROW} steps in a row without any loss item")
