@@ -4,11 +4,14 @@ was lost."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,8 @@ from llms_trainer.train.errors import CheckpointError, NonFiniteError, WorkDirEr
 from llms_trainer.train.run import run
 from llms_trainer.train.workdir import lock_work_dir
 from tests.train.conftest import RecordingLogger
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train(config, model_config, *overrides, logger=None):
@@ -164,26 +169,84 @@ def test_resume_applies_the_new_learning_rate_and_logs_the_real_one(write_config
                                                                              (4, pytest.approx(1e-3))]
 
 
-def test_kill_during_rotation_never_leaves_a_complete_looking_half(write_config, model_config_file, tmp_path,
-                                                                   monkeypatch):
-    config = write_config("run", train={"num_training_steps": 4, "save_total_limit": 1}, save_interval=1)
-    real_rmtree = ckpt.shutil.rmtree
+# A run in its own process that SIGKILLs itself at one moment of a save, after writing the sha256 of every file
+# of the complete checkpoints it leaves (at_kill.json beside the work_dir).
+KILLED_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from llms_trainer.train import checkpoint as ckpt
+from llms_trainer.train.run import run
+from tests.faults.test_checkpoint_faults import file_hashes
 
-    def die_midway(path, *args, **kwargs):
-        if str(path).endswith(".deleting"):
-            (path / "model.safetensors").unlink()  # some files gone, then the kill
-            raise KeyboardInterrupt
-        return real_rmtree(path, *args, **kwargs)
+def die():
+    work = Path({work!r})
+    at_kill = {{path.name: file_hashes(path) for _, path in ckpt.complete_checkpoints(work)}}
+    (work.parent / "at_kill.json").write_text(json.dumps(at_kill))
+    os.kill(os.getpid(), signal.SIGKILL)
+{hook}
+run({config!r}, [], {model_config!r})
+"""
+KILL_POINTS = {  # where the kill lands → (the hook, the newest complete checkpoint it must leave)
+    "weights written, trainer state not": ("""
+real = ckpt.save_tokenizer
+def hooked(tokenizer, out):
+    if Path(out).name == "checkpoint-3.partial":
+        die()
+    return real(tokenizer, out)
+ckpt.save_tokenizer = hooked
+""", 2),
+    "COMPLETE written, not yet renamed": ("""
+real = ckpt.replace_dir
+def hooked(new, final):
+    if Path(new).name == "checkpoint-3.partial":
+        die()
+    return real(new, final)
+ckpt.replace_dir = hooked
+""", 2),
+    "rotation, half of checkpoint-2 deleted": ("""
+real = ckpt.shutil.rmtree
+def hooked(path, *args, **kwargs):
+    if str(path).endswith("checkpoint-2.deleting"):
+        (Path(path) / "model.safetensors").unlink()
+        die()
+    return real(path, *args, **kwargs)
+ckpt.shutil.rmtree = hooked
+""", 3),
+}
 
-    monkeypatch.setattr(ckpt.shutil, "rmtree", die_midway)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, model_config_file)
-    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+
+def file_hashes(checkpoint) -> dict[str, str]:
+    return {str(f.relative_to(checkpoint)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(checkpoint.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("moment", list(KILL_POINTS))
+def test_kill_9_during_a_save_keeps_the_newest_complete_checkpoint_and_resumes_exactly(
+        moment, write_config, model_config_file, tmp_path):
+    hook, newest = KILL_POINTS[moment]
+    config = write_config("run", train={"num_training_steps": 5, "save_total_limit": 1}, save_interval=1)
     work = tmp_path / "run"
-    assert steps(work) == [2] and (work / "checkpoint-1.deleting").is_dir()
-    assert (work / "checkpoint-2" / "model.safetensors").is_file()
-    resumed = train(config, model_config_file)  # resumes from 2, clears the leftover
-    assert sorted(resumed.losses) == [3, 4] and not (work / "checkpoint-1.deleting").exists()
+    code = KILLED_RUN.format(root=str(ROOT), work=str(work), hook=hook, config=str(config),
+                             model_config=str(model_config_file))
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    at_kill = json.loads((tmp_path / "at_kill.json").read_text())
+    assert list(at_kill) == [f"checkpoint-{newest}"]  # rotation had kept exactly the newest complete one
+    assert steps(work) == [newest], moment  # the half-written or half-deleted one does not look complete
+    assert file_hashes(work / f"checkpoint-{newest}") == at_kill[f"checkpoint-{newest}"]  # byte for byte
+    assert ckpt.resolve_resume("auto", work) == work / f"checkpoint-{newest}"
+    assert ckpt.leftover_dirs(work), moment  # the kill really landed inside the save or the rotation
+
+    reference = train(write_config("reference", train={"num_training_steps": 5}), model_config_file)
+    resumed = train(config, model_config_file)  # train.resume: auto
+    assert sorted(resumed.losses) == list(range(newest + 1, 6)), moment
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(reference.losses[step], abs=1e-6), (moment, step)
+    assert steps(work) == [5] and not ckpt.leftover_dirs(work)
+    final, expected = (load_file(w / "checkpoint-5" / "model.safetensors") for w in (work, tmp_path / "reference"))
+    assert all(torch.allclose(final[name], expected[name], atol=1e-6) for name in expected)
 
 
 class _Payload:
