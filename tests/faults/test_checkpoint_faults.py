@@ -4,7 +4,6 @@ was lost."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -23,6 +22,7 @@ from llms_trainer.train import engine
 from llms_trainer.train.errors import CheckpointError, NonFiniteError, WorkDirError
 from llms_trainer.train.run import run
 from llms_trainer.train.workdir import lock_work_dir
+from tests.faults.support import file_hashes, one_error_line, steps
 from tests.train.conftest import RecordingLogger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +36,6 @@ def snapshot(folder) -> dict:
     """{relative path: (size, mtime)} of every file under folder."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
-
-
-def steps(work) -> list[int]:
-    return [s for s, _ in ckpt.complete_checkpoints(work)]
 
 
 def test_fresh_run_into_used_work_dir_stops_before_any_work(write_config, model_config_file, tmp_path):
@@ -136,6 +132,34 @@ def test_nan_gradient_with_a_finite_loss_stops_before_the_update(write_config, m
     assert_all_saved_weights_finite(work)
 
 
+def test_nan_loss_ends_the_script_with_exit_1_naming_the_last_good_checkpoint_and_resume_recovers(
+        write_config, model_config_file, tmp_path, monkeypatch, capsys):
+    from train_llms import main
+
+    config = write_config("run", train={"num_training_steps": 4}, save_interval=2)
+    real, calls = pretrain.loss_sum, {"n": 0}
+
+    def nan_at_third_step(model, batch, **options):
+        calls["n"] += 1
+        loss = real(model, batch, **options)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(pretrain, "loss_sum", nan_at_third_step)
+    args = ["--train_config", str(config), "--model_config", str(model_config_file)]
+    assert main(args) == 1
+    work = tmp_path / "run"
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: loss is nan at step 3 (on at least one process); stopped every process before the update. Last "
+        f"good checkpoint: {work / 'checkpoint-2'}. Lower train.lr, check the data, or resume from that checkpoint.")
+    assert steps(work) == [2] and not ckpt.leftover_dirs(work)
+    kept = file_hashes(work / "checkpoint-2")
+    monkeypatch.setattr(pretrain, "loss_sum", real)  # the cause is gone: resume (train.resume: auto)
+    assert main(args) == 0 and file_hashes(work / "checkpoint-2") == kept
+    reference = train(write_config("reference", train={"num_training_steps": 4}), model_config_file)
+    resumed = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["train/loss"] for r in resumed} == pytest.approx(reference.losses, abs=1e-6)
+
+
 def test_non_finite_weights_are_never_saved_or_named_good(write_config, model_config_file, tmp_path, monkeypatch):
     config = write_config("run", train={"num_training_steps": 6}, save_interval=1)
     real_step = engine.optimizer_step
@@ -177,7 +201,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.run import run
-from tests.faults.test_checkpoint_faults import file_hashes
+from tests.faults.support import file_hashes
 
 def die():
     work = Path({work!r})
@@ -214,11 +238,6 @@ def hooked(path, *args, **kwargs):
 ckpt.shutil.rmtree = hooked
 """, 3),
 }
-
-
-def file_hashes(checkpoint) -> dict[str, str]:
-    return {str(f.relative_to(checkpoint)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(checkpoint.rglob("*")) if f.is_file()}
 
 
 @pytest.mark.parametrize("moment", list(KILL_POINTS))

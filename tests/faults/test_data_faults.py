@@ -36,8 +36,7 @@ from llms_trainer.data.shards import (
 from llms_trainer.data.stream import SourceStream
 from llms_trainer.tokenizer import new_output_dir
 from llms_trainer.train import checkpoint as ckpt
-from tests.faults.test_checkpoint_faults import file_hashes, steps
-from tests.faults.test_stage_data_faults import one_error_line
+from tests.faults.support import file_hashes, one_error_line, steps
 from tests.helpers import text_records, write_jsonl
 from tests.tokenizer.support import load_script
 from train_llms import main as train_llms

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llms_trainer.train.run import run
+from tests.faults.support import one_error_line
 from tests.train.conftest import RecordingLogger
 from tests.train.test_distributed import ACC, ROOT, free_port, launch_env
 
@@ -37,9 +38,8 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, code: int, pattern:
 
     assert proc.returncode == code, proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-4000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and re.search(pattern, last), last
-    assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1, proc.stderr[-4000:]
+    last = one_error_line(proc.stderr)
+    assert re.search(pattern, last), last
 
 
 def test_process_count_mismatch_after_launch(write_config, model_config_file, tmp_path):

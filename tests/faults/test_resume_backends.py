@@ -22,6 +22,7 @@ import yaml
 
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.run import run
+from tests.faults.support import logged
 from tests.faults.test_launch_faults import launch_command, rank_processes
 from tests.train.conftest import RecordingLogger
 from tests.train.test_distributed import ROOT, check, free_port, hf_logits, launch_env
@@ -35,11 +36,6 @@ DATA = {"concat_multiple_sequence": False, "sequence_sample_mode": "truncation",
         "seq_length": 48, "shuffle_buffer_records": 1}
 STEPS = {"num_training_steps": 16, "gradient_accumulation_steps": 2, "num_warmup_steps": 4}
 LAST = STEPS["num_training_steps"]
-
-
-def logged(work_dir: Path, key: str) -> dict[int, float]:
-    rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in rows if key in r}
 
 
 def launch(acc_config: str, config: Path, model_config: Path, *overrides: str) -> subprocess.CompletedProcess:

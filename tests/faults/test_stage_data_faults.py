@@ -18,8 +18,7 @@ from llms_trainer.commands.compress import main as compress
 from llms_trainer.data.shards import dump_record, read_manifest, write_source
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.run import run
-from tests.faults.test_checkpoint_faults import file_hashes, steps
-from tests.faults.test_resume_backends import logged
+from tests.faults.support import file_hashes, logged, one_error_line, steps
 from tests.helpers import EN_WORDS, write_jsonl
 from tests.train.conftest import RecordingLogger
 from tests.train.reward_support import preference_records, reward_config
@@ -60,13 +59,6 @@ def work_files(work: Path) -> dict[str, bytes]:
     """Every file under work_dir with its bytes, but the lock (rewritten by each run that takes it)."""
     return {str(p.relative_to(work)): p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file()
             and p.name != ".lock"}
-
-
-def one_error_line(stderr: str) -> str:
-    """The last line of stderr, which must be the only `error:` line."""
-    lines = stderr.strip().splitlines()
-    assert sum(line.startswith("error: ") for line in lines) == 1 and lines[-1].startswith("error: "), stderr[-3000:]
-    return lines[-1]
 
 
 # ---------------------------------------------------------------- SFT: shards read while training
