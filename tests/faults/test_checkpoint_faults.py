@@ -1,6 +1,6 @@
-"""Checkpoint and work_dir faults: another run's checkpoints, two runs at once, NaN weights, a changed lr on
-resume, a kill during rotation, crafted pickles, a full disk. Each asserts the message and that nothing
-was lost."""
+"""Checkpoint and work_dir faults: another run's checkpoints, two runs at once, a NaN loss, gradient or weights,
+a changed lr on resume, kill -9 inside a save or a rotation, crafted pickles, a full disk. Each asserts the
+message and that nothing was lost."""
 
 from __future__ import annotations
 
