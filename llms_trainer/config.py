@@ -479,8 +479,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_file
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"{where}: cannot read config ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML ({err})") from err
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: not UTF-8 text (byte {err.object[err.start]:#04x} on line {line}); save the "
+                          "file as UTF-8") from None
+    except yaml.YAMLError as err:  # one line: the position and the problem, not PyYAML's multi-line excerpt
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML{at} ({getattr(err, 'problem', None) or err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of sections (data, train, eval, ...)")
     for dotted, value in parse_overrides(overrides or []).items():

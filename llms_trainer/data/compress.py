@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .records import MODES, record_problem
+from .records import MODES, json_problem, record_problem
 from .shards import SourceNameError, check_source_name, commit_source, dump_record, stage_source
 
 BAD_LINE_POLICIES = ("error", "skip")
@@ -94,8 +94,8 @@ def parse_input_line(raw: bytes, mode: str, first_line: bool = False) -> tuple[d
         return None, None
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as err:  # some messages end in "at" ("Unterminated string starting at")
-        return None, f"not JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
+    except json.JSONDecodeError as err:
+        return None, json_problem(err)
     problem = record_problem(record, mode)
     return (record, None) if problem is None else (None, problem)
 

@@ -31,7 +31,7 @@ def load_policy(path: str | Path, sources: list[str]) -> dict[str, float]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise PolicyError(f"{path}: cannot read sample_policy_file ({err})") from err
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PolicyError(f"{path}: sample_policy_file is not JSON ({err})") from err
     if not isinstance(raw, dict) or not raw:
         raise PolicyError(f"{path}: sample_policy_file must be a JSON object {{source: ratio}}")

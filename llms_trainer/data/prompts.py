@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .pairs import _units
-from .records import read_chat
+from .records import json_problem, read_chat
 
 
 class PromptDataError(ValueError):
@@ -95,7 +95,7 @@ def read_prompts(entries: list[str], on_bad_record: str = "error") -> tuple[list
                     record = json.loads(line)
                     turns = prompt_turns(record)
                 except json.JSONDecodeError as err:
-                    turns = f"not JSON ({err.msg} at column {err.colno})"
+                    turns = json_problem(err)
                 if isinstance(turns, str):
                     if on_bad_record != "skip":
                         raise PromptDataError(f"{name}:{number}: {turns}; fix the line or set data.on_bad_record: "
@@ -143,6 +143,7 @@ class PromptSet:
     ids: list[list[int]]
     columns: list[str]
     dropped: int = 0  # prompts longer than the limit they were encoded with
+    bad_lines: int = 0  # lines skipped under data.on_bad_record: skip
 
     def column_values(self, indices: list[int]) -> dict[str, list]:
         """{column: values of the prompts at `indices`} (None where a prompt lacks the column)."""

@@ -30,6 +30,8 @@ Preference pairs: `{"prompt", "selected", "rejected"}` (`chosen` is accepted for
 
 from __future__ import annotations
 
+import json
+
 Turn = dict[str, str]
 
 PRETRAIN_FIELDS: tuple[tuple[str, ...], ...] = (
@@ -157,6 +159,11 @@ MODES = {  # mode → record → problem or None
     "sft": _chat_problem,
     "reward": _found(preference_pair, "no preference pair (expected prompt, selected, rejected)"),
 }
+
+
+def json_problem(err: json.JSONDecodeError) -> str:
+    """Why a line is not JSON, e.g. `not JSON (Unterminated string starting at column 10)`."""
+    return f"not JSON ({err.msg.removesuffix(' at')} at column {err.colno})"  # some messages end in "at"
 
 
 def record_problem(record: object, mode: str) -> str | None:

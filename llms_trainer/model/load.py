@@ -49,7 +49,7 @@ def load_model_config(path: str | Path):
     try:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
         raise ModelLoadError(f"--model_config: cannot read '{path}' ({err})") from err
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise ModelLoadError(f"--model_config: '{path}' needs a mapping with model_type (e.g. llama)")

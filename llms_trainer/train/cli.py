@@ -76,7 +76,7 @@ def check(args: argparse.Namespace, stage: str | tuple[str, ...] | None = None) 
         require_model_source(cfg, args.model_config, args.train_config)
         plan_lineage(cfg.work_dir, resolve_resume(cfg.train.resume, cfg.work_dir), cfg.train.overwrite_work_dir)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}".replace("\n", " "), file=sys.stderr)  # one line, as errors.report prints it
         return 2
     t = cfg.train
     steps = (f"{t.num_training_steps} steps" if t.num_training_steps is not None

@@ -1,14 +1,16 @@
-"""Checkpoint and work_dir faults: another run's checkpoints, two runs at once, NaN weights, a changed lr on
-resume, a kill during rotation, crafted pickles, a full disk. Each asserts the message and that nothing
-was lost."""
+"""Checkpoint and work_dir faults: another run's checkpoints, two runs at once, a NaN loss, gradient or weights,
+a changed lr on resume, kill -9 inside a save or a rotation, crafted pickles, a full disk. Each asserts the
+message and that nothing was lost."""
 
 from __future__ import annotations
 
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,10 @@ from llms_trainer.train import engine
 from llms_trainer.train.errors import CheckpointError, NonFiniteError, WorkDirError
 from llms_trainer.train.run import run
 from llms_trainer.train.workdir import lock_work_dir
+from tests.faults.support import file_hashes, one_error_line, steps
 from tests.train.conftest import RecordingLogger
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train(config, model_config, *overrides, logger=None):
@@ -31,10 +36,6 @@ def snapshot(folder) -> dict:
     """{relative path: (size, mtime)} of every file under folder."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
-
-
-def steps(work) -> list[int]:
-    return [s for s, _ in ckpt.complete_checkpoints(work)]
 
 
 def test_fresh_run_into_used_work_dir_stops_before_any_work(write_config, model_config_file, tmp_path):
@@ -131,6 +132,34 @@ def test_nan_gradient_with_a_finite_loss_stops_before_the_update(write_config, m
     assert_all_saved_weights_finite(work)
 
 
+def test_nan_loss_ends_the_script_with_exit_1_naming_the_last_good_checkpoint_and_resume_recovers(
+        write_config, model_config_file, tmp_path, monkeypatch, capsys):
+    from train_llms import main
+
+    config = write_config("run", train={"num_training_steps": 4}, save_interval=2)
+    real, calls = pretrain.loss_sum, {"n": 0}
+
+    def nan_at_third_step(model, batch, **options):
+        calls["n"] += 1
+        loss = real(model, batch, **options)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(pretrain, "loss_sum", nan_at_third_step)
+    args = ["--train_config", str(config), "--model_config", str(model_config_file)]
+    assert main(args) == 1
+    work = tmp_path / "run"
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: loss is nan at step 3 (on at least one process); stopped every process before the update. Last "
+        f"good checkpoint: {work / 'checkpoint-2'}. Lower train.lr, check the data, or resume from that checkpoint.")
+    assert steps(work) == [2] and not ckpt.leftover_dirs(work)
+    kept = file_hashes(work / "checkpoint-2")
+    monkeypatch.setattr(pretrain, "loss_sum", real)  # the cause is gone: resume (train.resume: auto)
+    assert main(args) == 0 and file_hashes(work / "checkpoint-2") == kept
+    reference = train(write_config("reference", train={"num_training_steps": 4}), model_config_file)
+    resumed = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["train/loss"] for r in resumed} == pytest.approx(reference.losses, abs=1e-6)
+
+
 def test_non_finite_weights_are_never_saved_or_named_good(write_config, model_config_file, tmp_path, monkeypatch):
     config = write_config("run", train={"num_training_steps": 6}, save_interval=1)
     real_step = engine.optimizer_step
@@ -164,26 +193,79 @@ def test_resume_applies_the_new_learning_rate_and_logs_the_real_one(write_config
                                                                              (4, pytest.approx(1e-3))]
 
 
-def test_kill_during_rotation_never_leaves_a_complete_looking_half(write_config, model_config_file, tmp_path,
-                                                                   monkeypatch):
-    config = write_config("run", train={"num_training_steps": 4, "save_total_limit": 1}, save_interval=1)
-    real_rmtree = ckpt.shutil.rmtree
+# A run in its own process that SIGKILLs itself at one moment of a save, after writing the sha256 of every file
+# of the complete checkpoints it leaves (at_kill.json beside the work_dir).
+KILLED_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from llms_trainer.train import checkpoint as ckpt
+from llms_trainer.train.run import run
+from tests.faults.support import file_hashes
 
-    def die_midway(path, *args, **kwargs):
-        if str(path).endswith(".deleting"):
-            (path / "model.safetensors").unlink()  # some files gone, then the kill
-            raise KeyboardInterrupt
-        return real_rmtree(path, *args, **kwargs)
+def die():
+    work = Path({work!r})
+    at_kill = {{path.name: file_hashes(path) for _, path in ckpt.complete_checkpoints(work)}}
+    (work.parent / "at_kill.json").write_text(json.dumps(at_kill))
+    os.kill(os.getpid(), signal.SIGKILL)
+{hook}
+run({config!r}, [], {model_config!r})
+"""
+KILL_POINTS = {  # where the kill lands → (the hook, the newest complete checkpoint it must leave)
+    "weights written, trainer state not": ("""
+real = ckpt.save_tokenizer
+def hooked(tokenizer, out):
+    if Path(out).name == "checkpoint-3.partial":
+        die()
+    return real(tokenizer, out)
+ckpt.save_tokenizer = hooked
+""", 2),
+    "COMPLETE written, not yet renamed": ("""
+real = ckpt.replace_dir
+def hooked(new, final):
+    if Path(new).name == "checkpoint-3.partial":
+        die()
+    return real(new, final)
+ckpt.replace_dir = hooked
+""", 2),
+    "rotation, half of checkpoint-2 deleted": ("""
+real = ckpt.shutil.rmtree
+def hooked(path, *args, **kwargs):
+    if str(path).endswith("checkpoint-2.deleting"):
+        (Path(path) / "model.safetensors").unlink()
+        die()
+    return real(path, *args, **kwargs)
+ckpt.shutil.rmtree = hooked
+""", 3),
+}
 
-    monkeypatch.setattr(ckpt.shutil, "rmtree", die_midway)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, model_config_file)
-    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+
+@pytest.mark.parametrize("moment", list(KILL_POINTS))
+def test_kill_9_during_a_save_keeps_the_newest_complete_checkpoint_and_resumes_exactly(
+        moment, write_config, model_config_file, tmp_path):
+    hook, newest = KILL_POINTS[moment]
+    config = write_config("run", train={"num_training_steps": 5, "save_total_limit": 1}, save_interval=1)
     work = tmp_path / "run"
-    assert steps(work) == [2] and (work / "checkpoint-1.deleting").is_dir()
-    assert (work / "checkpoint-2" / "model.safetensors").is_file()
-    resumed = train(config, model_config_file)  # resumes from 2, clears the leftover
-    assert sorted(resumed.losses) == [3, 4] and not (work / "checkpoint-1.deleting").exists()
+    code = KILLED_RUN.format(root=str(ROOT), work=str(work), hook=hook, config=str(config),
+                             model_config=str(model_config_file))
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    at_kill = json.loads((tmp_path / "at_kill.json").read_text())
+    assert list(at_kill) == [f"checkpoint-{newest}"]  # rotation had kept exactly the newest complete one
+    assert steps(work) == [newest], moment  # the half-written or half-deleted one does not look complete
+    assert file_hashes(work / f"checkpoint-{newest}") == at_kill[f"checkpoint-{newest}"]  # byte for byte
+    assert ckpt.resolve_resume("auto", work) == work / f"checkpoint-{newest}"
+    assert ckpt.leftover_dirs(work), moment  # the kill really landed inside the save or the rotation
+
+    reference = train(write_config("reference", train={"num_training_steps": 5}), model_config_file)
+    resumed = train(config, model_config_file)  # train.resume: auto
+    assert sorted(resumed.losses) == list(range(newest + 1, 6)), moment
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(reference.losses[step], abs=1e-6), (moment, step)
+    assert steps(work) == [5] and not ckpt.leftover_dirs(work)
+    final, expected = (load_file(w / "checkpoint-5" / "model.safetensors") for w in (work, tmp_path / "reference"))
+    assert all(torch.allclose(final[name], expected[name], atol=1e-6) for name in expected)
 
 
 class _Payload:

@@ -4,6 +4,7 @@ configs that would split a run's outputs, and every schedule resuming exactly.""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,54 @@ def test_every_schedule_resumes_exactly(kind, write_config, model_config_file, t
     for step in (4, 5, 6):
         assert resumed.losses[step] == pytest.approx(reference.losses[step], abs=1e-6)
         assert again[step] == pytest.approx(lrs[step], rel=1e-12)
+
+
+def _config_file(tmp_path: Path, write_config, kind: str) -> tuple[str, list[str]]:
+    """(the --train_config argument, overrides) of one kind of bad config."""
+    texts = {"not UTF-8": b"train:\n  lr: 1.0e-3  # caf\xe9\n", "not YAML": b"train: [lr: 1\n",
+             "not a mapping": b"- data\n- train\n"}
+    if kind in texts:
+        (tmp_path / "bad.yaml").write_bytes(texts[kind])
+        return str(tmp_path / "bad.yaml"), []
+    if kind == "missing file":
+        return str(tmp_path / "nowhere.yaml"), []
+    if kind == "a directory":
+        return str(tmp_path), []
+    config = str(write_config())
+    if kind == "policy file not UTF-8":
+        (tmp_path / "policy.json").write_bytes(b'{"en": 1, "zh": 1} \xff')
+        return config, [f"data.sample_policy_file={tmp_path / 'policy.json'}"]
+    return config, {"override without =": ["train.lr"], "override below a value": ["train.lr.peak=1"]}[kind]
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing file", r".*nowhere\.yaml: cannot read config \(No such file or directory\)"),
+    ("a directory", r".*: cannot read config \(Is a directory\)"),
+    ("not UTF-8", r".*bad\.yaml: not UTF-8 text \(byte 0xe9 on line 2\); save the file as UTF-8"),
+    ("not YAML", r".*bad\.yaml: not valid YAML at line 2, column 1 \(expected ',' or '\]', but got '<stream end>'\)"),
+    ("not a mapping", r".*bad\.yaml: expected a mapping of sections \(data, train, eval, \.\.\.\)"),
+    ("override without =", r"override 'train\.lr': expected key\.sub=value"),
+    ("override below a value", r".*run\.yaml: key train\.lr: is a value, cannot set train\.lr\.peak"),
+    ("policy file not UTF-8", r".*key data\.sample_policy_file: .*policy\.json: sample_policy_file is not JSON .*"),
+])
+def test_each_kind_of_bad_config_file_is_one_error_line_and_writes_nothing(kind, message, write_config,
+                                                                          model_config_file, tmp_path, capsys):
+    config, overrides = _config_file(tmp_path, write_config, kind)
+    for check in ([], ["--check"]):  # the launchers run --check first; a run started directly checks too
+        assert main(["--train_config", config, "--model_config", str(model_config_file), *check, *overrides]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and re.fullmatch(f"error: {message}", err[0]), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    (b'{"model_type": "llama", "hidden_size": 64, "name": "caf\xe9"}', r"cannot read '.*' \(.*can't decode byte"),
+    (b'{"model_type": "llama", "hidden_size": 64,', r"cannot read '.*' \(Expecting property name"),
+    (b'{"hidden_size": 64}', r"'.*' needs a mapping with model_type \(e\.g\. llama\)"),
+])
+def test_bad_model_config_file_is_one_error_line(text, message, write_config, tmp_path, capsys):
+    (tmp_path / "model.json").write_bytes(text)
+    assert main(["--train_config", str(write_config()), "--model_config", str(tmp_path / "model.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and re.fullmatch(f"error: --model_config: {message}.*", err[0]), err
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".lock"]  # nothing written but the run's lock

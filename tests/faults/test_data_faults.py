@@ -1,4 +1,5 @@
-"""Data-path faults: lying manifests, unsafe source names, bad bytes, empty inputs, directory modes, reports.
+"""Data-path faults: lying manifests, shards damaged between runs, unsafe source names, bad bytes, empty inputs,
+directory modes, reports.
 
 Each test feeds the fault a user hits and asserts the documented message and that nothing was lost.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -25,6 +27,7 @@ from llms_trainer.data.records import pretrain_text
 from llms_trainer.data.shards import (
     ShardError,
     iter_records,
+    iter_shard_lines,
     list_shards,
     read_manifest,
     stage_source,
@@ -32,8 +35,11 @@ from llms_trainer.data.shards import (
 )
 from llms_trainer.data.stream import SourceStream
 from llms_trainer.tokenizer import new_output_dir
+from llms_trainer.train import checkpoint as ckpt
+from tests.faults.support import file_hashes, one_error_line, steps
 from tests.helpers import text_records, write_jsonl
 from tests.tokenizer.support import load_script
+from train_llms import main as train_llms
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPRESS = ROOT / "data" / "compress_data.py"
@@ -266,3 +272,59 @@ def test_inspect_mixture_total_is_the_sum_of_its_rows(tmp_path, capsys, tiny_tok
                            r"next row", lines[5])
     drawn, packed, row_count, carried = map(int, packing.groups())
     assert drawn == total == packed + carried and packed == 64 * row_count >= 3000
+
+
+# ---------------------------------------------------------------- 7. shards damaged between two runs
+
+
+def _truncate(source: Path) -> tuple[Path, str]:
+    shard = source / "part-00001.jsonl.zst"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[: size // 2])
+    return shard, rf"{re.escape(str(shard))}: truncated or altered shard \({size // 2} bytes, manifest says {size}\)"
+
+
+def _unlisted(source: Path) -> tuple[Path, str]:
+    extra = source / "part-00002.jsonl.zst"
+    extra.write_bytes((source / "part-00001.jsonl.zst").read_bytes())
+    return extra, rf"{re.escape(str(extra))}: not listed in {re.escape(str(source / 'manifest.json'))}"
+
+
+def _unreadable_manifest(source: Path) -> tuple[Path, str]:
+    (source / "manifest.json").write_text('{"source": "zh", "shards": [')
+    return source / "manifest.json", rf"{re.escape(str(source / 'manifest.json'))}: unreadable manifest \(.*\)"
+
+
+def _not_json_line(source: Path) -> tuple[Path, str]:
+    """The shard rewritten (manifest and all) by another tool, with line 50 that is not JSON."""
+    lines = list(iter_shard_lines(list_shards(source)[0]))
+    lines[49] = '{"text": "cut off'
+    shutil.rmtree(source)
+    write_source(lines, source.parent, source.name, shard_records=None)
+    shard = source / "part-00001.jsonl.zst"
+    return shard, rf"{re.escape(str(shard))}:50: not JSON inside a shard \(.*\)"
+
+
+SHARD_FAULTS = {"truncated shard": _truncate, "shard not in its manifest": _unlisted,
+                "unreadable manifest": _unreadable_manifest, "a line that is not JSON": _not_json_line}
+
+
+def test_shards_damaged_between_runs_stop_the_resume_naming_them_and_keep_the_checkpoint(
+        write_config, model_config_file, corpus_dir, tmp_path, capsys):
+    config = write_config("run", sources={"zh": str(corpus_dir / "zh")}, train={"num_training_steps": 2})
+    args = ["--train_config", str(config), "--model_config", str(model_config_file)]
+    assert train_llms(args) == 0
+    work = tmp_path / "run"
+    kept = file_hashes(work / "checkpoint-2")
+    for fault, damage in SHARD_FAULTS.items():  # each on a fresh copy, as a new process would first open it
+        source = tmp_path / fault.replace(" ", "_") / "zh"
+        shutil.copytree(corpus_dir / "zh", source)
+        path, message = damage(source)
+        damaged = path.read_bytes()
+        capsys.readouterr()
+        assert train_llms([*args, f"data.data.zh={source}", "train.num_training_steps=4"]) == 2, fault
+        reported = one_error_line(capsys.readouterr().err)
+        assert re.fullmatch(rf"error: {message}; re-run data/compress_data\.py", reported), (fault, reported)
+        assert path.read_bytes() == damaged, fault  # the data is reported, never rewritten
+        assert steps(work) == [2] and not ckpt.leftover_dirs(work), fault
+        assert file_hashes(work / "checkpoint-2") == kept, fault

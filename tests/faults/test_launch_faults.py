@@ -14,18 +14,23 @@ from pathlib import Path
 import pytest
 
 from llms_trainer.train.run import run
+from tests.faults.support import one_error_line
 from tests.train.conftest import RecordingLogger
 from tests.train.test_distributed import ACC, ROOT, free_port, launch_env
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 
+def launch_command(acc: str, config: Path, model_config: Path, *overrides: str) -> list[str]:
+    """`sh train_llms.sh ACC_CFG CFG MODEL_CFG overrides...` with ACC_CFG a file of configs/accelerate_configs."""
+    return ["sh", str(ROOT / "train_llms.sh"), str(ACC / acc), str(config), str(model_config), *overrides]
+
+
 def launched(config: Path, model_config: Path, *overrides: str, acc: str = "cpu_ddp.yaml",
              timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["sh", str(ROOT / "train_llms.sh"), str(ACC / acc), str(config), str(model_config), *overrides],
-        cwd=ROOT, env=launch_env(MAIN_PROCESS_PORT=str(free_port())), capture_output=True, text=True,
-        timeout=timeout)
+    return subprocess.run(launch_command(acc, config, model_config, *overrides), cwd=ROOT,
+                          env=launch_env(MAIN_PROCESS_PORT=str(free_port())), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, code: int, pattern: str) -> None:
@@ -33,9 +38,8 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, code: int, pattern:
 
     assert proc.returncode == code, proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-4000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and re.search(pattern, last), last
-    assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1, proc.stderr[-4000:]
+    last = one_error_line(proc.stderr)
+    assert re.search(pattern, last), last
 
 
 def test_process_count_mismatch_after_launch(write_config, model_config_file, tmp_path):
@@ -94,8 +98,7 @@ def rank_processes(marker: str) -> list[int]:
 def test_killing_the_launcher_ends_every_rank(write_config, model_config_file, tmp_path):
     config = write_config("killed", train={"num_training_steps": 100000}, save_interval=100000)
     proc = subprocess.Popen(
-        ["sh", str(ROOT / "train_llms.sh"), str(ACC / "cpu_ddp.yaml"), str(config), str(model_config_file)],
-        cwd=ROOT, env=launch_env(MAIN_PROCESS_PORT=str(free_port())), stdout=subprocess.DEVNULL,
+        launch_command("cpu_ddp.yaml", config, model_config_file), cwd=ROOT, env=launch_env(MAIN_PROCESS_PORT=str(free_port())), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     try:

@@ -1,4 +1,5 @@
-"""Sampler viewer faults: listening on every interface, writing policies anywhere, stale default ratios."""
+"""Sampler viewer faults: listening on every interface, writing policies anywhere, stale default ratios, bad
+pasted sizes, a damaged shard."""
 # ruff: noqa: F811 - the viewer's fixtures are imported from tests/viewer/conftest.py and used as arguments
 
 from __future__ import annotations
@@ -118,3 +119,31 @@ def test_a_typed_ratio_is_kept_when_tokens_are_counted(app, tiny_tokenizer_dir):
     app.button(key="count_tokens").click().run()
     assert _ratio(app, "wiki") == "70"  # the user's number
     assert _ratio(app, "news") != before_news  # the untouched default followed the token counts
+
+
+# ---------------------------------------------------------------- 7. bad input typed into the page or found on disk
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{news: 256K, wiki: 768K", "pasted sizes start with '{' but do not end with '}'"),
+    ("news,wiki\n256K,-2", "is not a number with an optional K/M/G/T unit"),
+    ("news,news\n1,2", "source 'news' is pasted twice"),
+])
+def test_bad_pasted_sizes_are_an_inline_message_and_nothing_can_be_saved(app, viewer_env, text, message):
+    app.text_area(key="pasted").set_value(text).run()
+    assert not app.exception and message in _texts(app.error)
+    assert not [b for b in app.button if b.key == "save"]
+    assert not viewer_env["SAMPLER_VIEWER_POLICY_DIR"].exists()
+
+
+def test_counting_tokens_of_a_damaged_shard_names_it_on_the_page_and_caches_nothing(app, shard_dir,
+                                                                                  tiny_tokenizer_dir):
+    shard = sorted((shard_dir / "news").glob("*.jsonl.zst"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
+    shard.write_bytes(bytes(data))
+    app.text_input(key="tokenizer").set_value(str(tiny_tokenizer_dir)).run()
+    app.button(key="count_tokens").click().run()
+    assert not app.exception
+    assert f"news: cannot read its data ({shard}: corrupt shard (sha256 does not match manifest)" in _texts(app.error)
+    assert not (shard_dir / "news" / "token_counts.json").exists()

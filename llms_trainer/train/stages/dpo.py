@@ -121,6 +121,7 @@ class DPOPairs:
     encoded: EncodedPairs
     spans: np.ndarray  # [2N, 2]
     dropped: int = 0  # pairs whose response was cut away or whose sides came out identical
+    bad_lines: int = 0  # lines skipped under data.on_bad_record: skip
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -192,8 +193,9 @@ _DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # accelerator â†
 
 def load_pairs(tokenizer, entries: list[str], seq_length: int, on_bad_record: str, key: str) -> DPOPairs:
     try:
-        records, _ = read_pairs(entries, on_bad_record)
+        records, report = read_pairs(entries, on_bad_record)
         pairs = encode_dpo_pairs(tokenizer, records, seq_length)
+        pairs.bad_lines = sum(report.bad.values())
     except BadRecordError as err:
         raise ConfigError(f"key {key}: {err}; fix the line or set data.on_bad_record: skip") from None
     except PairDataError as err:
@@ -212,8 +214,9 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> DPOData:
     stream = DPOStream(pairs, t.train_batch_size, accelerator.process_index, accelerator.num_processes, t.seed,
                        t.num_training_epochs, pad_id_of(tokenizer))
     per_step = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
-    accelerator.print(f"dpo data: {len(pairs)} pairs, {pairs.dropped} dropped (response cut away by data.seq_length "
-                      f"= {d.seq_length} or identical sides); {per_step} pairs per optimizer step")
+    accelerator.print(f"dpo data: {len(pairs)} pairs, {pairs.bad_lines} bad lines skipped, {pairs.dropped} dropped "
+                      f"(response cut away by data.seq_length = {d.seq_length} or identical sides); {per_step} pairs "
+                      "per optimizer step")
     _DATA[accelerator] = data = DPOData(stream)
     return data
 

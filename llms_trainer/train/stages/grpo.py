@@ -170,7 +170,9 @@ def load_prompt_set(cfg: RunConfig, tokenizer, entries: list[str], key: str, on_
     leave no room for grpo.max_new_tokens in data.seq_length are dropped and counted."""
     limit = cfg.data.seq_length - cfg.grpo.max_new_tokens
     try:
-        result = encode_prompts(read_prompts(entries, on_bad_record)[0], tokenizer, limit)
+        prompts, report = read_prompts(entries, on_bad_record)
+        result = encode_prompts(prompts, tokenizer, limit)
+        result.bad_lines = sum(report.bad.values())
     except PromptDataError as err:
         raise ConfigError(f"key {key}: {err}") from None
     except ChatTokenizerError as err:
@@ -194,7 +196,8 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> GRPOData:
     train = load_prompt_set(cfg, tokenizer, input_files(g.prompts), "grpo.prompts", cfg.data.on_bad_record)
     per_draw = t.train_batch_size * t.gradient_accumulation_steps // g.num_generations
     stream = PromptStream(len(train.prompts), per_draw, accelerator.process_index, accelerator.num_processes, t.seed)
-    accelerator.print(f"grpo data: {len(train.prompts)} prompts ({train.dropped} dropped as too long), columns "
+    accelerator.print(f"grpo data: {len(train.prompts)} prompts ({train.bad_lines} bad lines skipped, "
+                      f"{train.dropped} dropped as too long), columns "
                       f"{train.columns or 'none'}; per rollout {per_draw * accelerator.num_processes} prompts × "
                       f"{g.num_generations} completions, {g.num_iterations} optimizer step(s) each")
     _DATA[accelerator] = data = GRPOData(train, stream)
