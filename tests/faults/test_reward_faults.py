@@ -154,11 +154,15 @@ def assert_stopped(proc: subprocess.CompletedProcess, pattern: str) -> str:
 def test_a_failing_reward_function_is_one_error_line_naming_it_and_the_step(kind, message, tmp_path,
                                                                            chat_tokenizer_dir, chat_model_config):
     config = faulty_config(tmp_path, chat_tokenizer_dir, reward_timeout_s=3)
-    proc = run_script("train_rl.py", "--train_config", str(config), "--model_config", str(chat_model_config),
-                      env={"FAULT_KIND": kind})
+    args = ["--train_config", str(config), "--model_config", str(chat_model_config)]
+    proc = run_script("train_rl.py", *args, env={"FAULT_KIND": kind})
     assert_stopped(proc, rf"^error: key grpo.reward_funcs.0.name: '.*faulty.py:flaky' at step 2 {message}")
     work = tmp_path / "run"
     assert steps(work) == [1] and not list(work.glob("checkpoint-2*"))  # the step-1 checkpoint is kept
+    if kind == "raise":  # resumed from checkpoint-1, the function fails on its second call again: at step 3
+        proc = run_script("train_rl.py", *args, env={"FAULT_KIND": kind})
+        assert_stopped(proc, r"'.*faulty.py:flaky' at step 3 raised ZeroDivisionError")
+        assert steps(work) == [1, 2]
 
 
 @pytest.mark.dist
