@@ -35,7 +35,7 @@ import torch
 
 from llms_trainer.evaluation.methods import dataset_files as input_files  # noqa: F401 (one reader of dataset keys)
 
-from ..tokenizer.chat import UserText
+from ..tokenizer.chat import CHAT_TOKENS, UserText
 from .compress import parse_input_line
 from .records import preference_pair
 from .sft import ChatEncoder, ChatTokenizerError
@@ -137,11 +137,43 @@ def read_pairs(entries: list[str], on_bad_record: str = "error") -> tuple[list[P
 
 # -- encoding -------------------------------------------------------------------------------------------
 
+_PROMPT_SLOT, _RESPONSE_SLOT = "\x00prompt\x00", "\x00response\x00"
+
+
+def _template_rows(tokenizer, prompts: list[str], responses: list[str]) -> list[list[int]]:
+    """Pairs through the tokenizer's own chat template (an instruct model's, not the built-in format).
+
+    The template is rendered once around two placeholders; its own text is encoded with its special tokens,
+    the prompt and response as user text between them, so typed control strings stay text here too. A BOS
+    is put in front when the template does not write one.
+    """
+    turns = [{"role": "user", "content": _PROMPT_SLOT}, {"role": "assistant", "content": _RESPONSE_SLOT}]
+    rendered = tokenizer.apply_chat_template(turns, tokenize=False)
+    if rendered.count(_PROMPT_SLOT) != 1 or rendered.count(_RESPONSE_SLOT) != 1:
+        raise PairDataError("the tokenizer's chat template changes message text (it does not render a user "
+                            "and an assistant message verbatim), so pairs cannot be encoded through it")
+    before, rest = rendered.split(_PROMPT_SLOT)
+    middle, after = rest.split(_RESPONSE_SLOT)
+    before_ids, middle_ids, after_ids = (tokenizer(part, add_special_tokens=False)["input_ids"]
+                                         for part in (before, middle, after))
+    bos = tokenizer.bos_token_id
+    if bos is not None and before_ids[:1] != [bos]:
+        before_ids = [bos] + before_ids
+    text = UserText(tokenizer.backend_tokenizer)
+    rows = []
+    for start in range(0, len(prompts), ENCODE_CHUNK):
+        prompt_ids = text.encode(prompts[start:start + ENCODE_CHUNK], continuation=True)
+        response_ids = text.encode(responses[start:start + ENCODE_CHUNK], continuation=True)
+        rows += [before_ids + p + middle_ids + r + after_ids for p, r in zip(prompt_ids, response_ids, strict=True)]
+    return rows
+
+
 def encode_sequences(tokenizer, prompts: list[str], responses: list[str], seq_length: int) -> list[list[int]]:
     """Token ids of each (prompt, response): one BOS, at most seq_length - 1 tokens, then EOS.
 
-    With a chat template the pair is the conversation (user prompt, assistant response) encoded as SFT and DPO
-    encode it (`ChatEncoder`); without one, the plain text prompt + response. Either way prompt and response
+    With the built-in chat format the pair is the conversation (user prompt, assistant response) encoded as SFT
+    and DPO encode it (`ChatEncoder`); with a model's own chat template, that template around the two texts;
+    without a template, the plain text prompt + response. Either way prompt and response
     are user text (`UserText`): `<|assistant|>`, `</s>` … typed in them stay text.
     """
     if tokenizer.eos_token_id is None:
@@ -152,7 +184,10 @@ def encode_sequences(tokenizer, prompts: list[str], responses: list[str], seq_le
         raise PairDataError("the reward model needs a fast tokenizer (a tokenizer.json); save it with "
                             "transformers' AutoTokenizer")
     rows: list[list[int]] = []
-    if getattr(tokenizer, "chat_template", None):
+    builtin = any(token in tokenizer.get_vocab() for token in CHAT_TOKENS)
+    if getattr(tokenizer, "chat_template", None) and not builtin:  # an instruct model's own template
+        rows = _template_rows(tokenizer, prompts, responses)
+    elif getattr(tokenizer, "chat_template", None):
         try:
             encoder = ChatEncoder(tokenizer, sys.maxsize)
         except ChatTokenizerError as err:
