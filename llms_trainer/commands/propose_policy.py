@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=Path(os.environ.get("SAMPLER_VIEWER_POLICY_DIR", REPO_ROOT / "configs/sample_policy")),
                         help="the directory the policy goes into (default: SAMPLER_VIEWER_POLICY_DIR or "
                         "configs/sample_policy)")
-    parser.add_argument("--eta", type=float, default=DEFAULTS.eta, help="step size of the multiplicative update")
-    parser.add_argument("--cap", type=float, default=DEFAULTS.cap, help="most a share may change per round (factor)")
+    parser.add_argument("--cap", type=float, default=DEFAULTS.cap,
+                        help="most a source's weight may change per round (factor; the best source gets all of it)")
     parser.add_argument("--floor", type=float, default=DEFAULTS.floor, help="least share any source keeps")
     parser.add_argument("--window", type=int, default=DEFAULTS.window, help="evals in the gain window (the last)")
     parser.add_argument("--margin", type=float, default=0.02,
@@ -53,7 +53,7 @@ def table(proposal, metric: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = RuleSettings(eta=args.eta, cap=args.cap, floor=args.floor, window=args.window)
+    settings = RuleSettings(cap=args.cap, floor=args.floor, window=args.window)
     try:
         run = read_run(args.work_dir, window=args.window, margin=args.margin)
         proposal = propose(run, settings)

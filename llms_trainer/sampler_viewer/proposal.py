@@ -8,7 +8,8 @@ needs — a floor share for every source and a cap on the change per round — a
    (held-out nats/char removed per million tokens of s; the window is the last `window` evals);
 2. score z_s = g_s ÷ max_t |g_t| in [−1, 1]; a source flagged as forgetting (its held-out loss risen above
    its first value by the margin) gets z_s = 1: training on it is what stops the regression;
-3. w_s = p_s · exp(eta · z_s), then clipped to [p_s ÷ cap, p_s · cap] (the change per round);
+3. w_s = p_s · cap^z_s: multiplicative weights with step ln(cap), so a share changes at most `cap`-fold per
+   round (the best source's weight is multiplied by cap, a source whose loss rose most divided by it);
 4. q = w ÷ Σw, then the floor: q_s ← (1 − K·floor) · q_s + floor (K sources; Exp3's uniform mixing), so
    every source keeps at least `floor` and can be measured next round.
 
@@ -18,7 +19,6 @@ share to the sources whose held-out loss still falls fastest per token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +34,13 @@ RULE = "exp3-heldout-gain"
 
 @dataclass(frozen=True)
 class RuleSettings:
-    eta: float = 1.0      # step size of the multiplicative update
-    cap: float = 2.0      # a share changes at most by this factor per round (before normalising)
+    cap: float = 2.0      # a weight changes at most by this factor per round (before normalising)
     floor: float = 0.02   # every source keeps at least this share
     window: int = 3       # evals of the gain window (the last ones)
 
     def check(self) -> None:
-        if not (self.eta > 0 and self.cap >= 1 and self.window >= 2 and self.floor >= 0):
-            raise ViewerError("rule settings: need eta > 0, cap ≥ 1, window ≥ 2, floor ≥ 0")
+        if not (self.cap >= 1 and self.window >= 2 and self.floor >= 0):
+            raise ViewerError("rule settings: need cap ≥ 1, window ≥ 2, floor ≥ 0")
 
 
 @dataclass
@@ -57,7 +56,7 @@ def propose(run: RunFeedback, settings: RuleSettings = RuleSettings()) -> Propos
     settings.check()
     if settings.floor * len(run.sources) >= 1:
         raise ViewerError(f"rule settings: floor {settings.floor} × {len(run.sources)} sources must stay below 1")
-    gains, reasons = {}, {}
+    gains, scores = {}, {}
     for s in run.sources:
         first = max(0, len(s.loss) - settings.window)
         tokens = s.tokens[-1] - s.tokens[first] if len(s.loss) >= 2 else 0.0
@@ -67,21 +66,29 @@ def propose(run: RunFeedback, settings: RuleSettings = RuleSettings()) -> Propos
     for s in run.sources:
         g, p = gains[s.name], s.share
         z = 1.0 if s.forgetting else (g / scale if g is not None and scale > 0 else 0.0)
-        weights[s.name] = min(p * settings.cap, max(p / settings.cap, p * math.exp(settings.eta * z)))
-        reasons[s.name] = _reason(s.forgetting, g, z, s.loss, run.metric)
+        weights[s.name] = p * settings.cap ** z
+        scores[s.name] = z
     total = sum(weights.values())
     k = len(weights)
     policy = {n: (1 - k * settings.floor) * w / total + settings.floor for n, w in weights.items()}
+    reasons = {s.name: _reason(s.forgetting, gains[s.name], scores[s.name], s.loss, run.metric)
+               + f"; {_change(s.share, policy[s.name])}" for s in run.sources}
     return Proposal(policy=policy, current=run.policy, reasons=reasons, gains=gains)
 
 
 def _reason(forgetting: bool, gain: float | None, z: float, loss: list[float], metric: str) -> str:
     if forgetting:
-        return f"forgetting: {metric} rose {loss[0]:.4g} → {loss[-1]:.4g}; raised to stop the regression"
+        return f"forgetting: {metric} rose {loss[0]:.4g} → {loss[-1]:.4g} (score +1)"
     if gain is None:
-        return "not measured (fewer than 2 evals or no tokens in the window): kept"
-    verb = "raised" if z > 0.05 else "lowered" if z < -0.05 else "about kept"
-    return f"{metric} removed per 1M tokens: {gain:+.4g} (score {z:+.2f}); {verb}"
+        return "not measured (fewer than 2 evals or no tokens in the window; score 0)"
+    return f"{metric} removed per 1M tokens: {gain:+.4g} (score {z:+.2f})"
+
+
+def _change(before: float, after: float) -> str:
+    """raised / lowered / kept, against the other sources (a change under 2 % counts as kept)."""
+    if after > before * 1.02:
+        return "raised"
+    return "lowered" if after < before / 1.02 else "kept"
 
 
 def save_proposal(proposal: Proposal, run: RunFeedback, path: str | Path, *, policy_root: str | Path,

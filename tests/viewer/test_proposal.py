@@ -4,7 +4,6 @@ values; the feedback read from it; the command line; bad or missing files are on
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -49,15 +48,15 @@ def test_feedback_of_a_run_per_source(tmp_path):
 def test_the_rule_against_hand_computed_values(tmp_path):
     """gain = loss removed per 1M tokens of the source over steps 10 → 30 (2000 tokens each):
     easy 0.02/2000e-6 = 10, learnable 0.4/2000e-6 = 200, noise -0.01/2000e-6 = -5; scores ÷ 200:
-    0.05, 1, -0.025; w = 1/3 · exp(score), learnable capped at 1/3 · 2; normalised, then 0.94 q + 0.02."""
-    proposal = propose(read_run(write_run(tmp_path)), RuleSettings(eta=1.0, cap=2.0, floor=0.02, window=3))
+    0.05, 1, -0.025; w = 1/3 · 2^score; normalised (2^0.05 + 2 + 2^-0.025 = 4.018086), then 0.94 q + 0.02."""
+    proposal = propose(read_run(write_run(tmp_path)), RuleSettings(cap=2.0, floor=0.02, window=3))
     assert proposal.gains == pytest.approx({"easy": 10.0, "learnable": 200.0, "noise": -5.0})
-    w = {"easy": math.exp(0.05), "learnable": 2.0, "noise": math.exp(-0.025)}  # × 1/3, which normalising removes
+    w = {"easy": 2 ** 0.05, "learnable": 2.0, "noise": 2 ** -0.025}  # × 1/3, which normalising removes
     expected = {n: 0.94 * v / sum(w.values()) + 0.02 for n, v in w.items()}
     assert proposal.policy == pytest.approx(expected, abs=1e-9)
-    assert proposal.policy == pytest.approx({"easy": 0.265418, "learnable": 0.486897, "noise": 0.247685}, abs=1e-6)
+    assert proposal.policy == pytest.approx({"easy": 0.262192, "learnable": 0.487885, "noise": 0.249923}, abs=1e-6)
     assert sum(proposal.policy.values()) == pytest.approx(1.0)
-    assert "raised" in proposal.reasons["learnable"] and "lowered" not in proposal.reasons["learnable"]
+    assert proposal.reasons["learnable"].endswith("raised") and proposal.reasons["easy"].endswith("lowered")
 
 
 def test_a_forgetting_source_is_raised_and_every_source_keeps_the_floor(tmp_path):
@@ -75,7 +74,7 @@ def test_command_writes_the_policy_and_its_provenance(tmp_path, capsys):
     work = write_run(tmp_path)
     assert main(["--work-dir", str(work), "--policy-dir", str(tmp_path / "policies"), "--name", "next"]) == 0
     policy = json.loads((tmp_path / "policies/next.json").read_text())
-    assert policy == pytest.approx({"easy": 0.265418, "learnable": 0.486897, "noise": 0.247685}, abs=1e-6)
+    assert policy == pytest.approx({"easy": 0.262192, "learnable": 0.487885, "noise": 0.249923}, abs=1e-6)
     provenance = yaml.safe_load((tmp_path / "policies/next.provenance.yaml").read_text())
     assert provenance["step"] == 30 and provenance["run"] == str(work.resolve())
     assert provenance["rule"] == "exp3-heldout-gain" and provenance["settings"]["cap"] == 2.0
