@@ -26,6 +26,8 @@ def test_a_runs_feedback_shows_curves_shares_and_the_proposal(app, feedback_run,
     assert (table["tokens seen"] > 0).all() and table["proposed %"].sum() == pytest.approx(100.0, abs=0.05)
     assert len(app.tabs[1].get("vega_lite_chart")) == 2  # held-out curves per source; current vs proposed shares
     assert "held-out nats/char" in " ".join(str(c.value) for c in app.caption)
+    app.radio(key="feedback_scale").set_value("relative to the first eval").run()
+    assert "held-out nats/char ÷ first eval per source" in " ".join(str(m.value) for m in app.markdown)
     app.button(key="save_proposal::0").click().run()
     policy_dir = viewer_env["SAMPLER_VIEWER_POLICY_DIR"]
     written = policy_dir / f"proposed_{feedback_run.name}.json"

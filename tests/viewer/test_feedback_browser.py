@@ -3,22 +3,10 @@ proposal saved, a missing run a message on the page."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
-import pytest
-
 from llms_trainer.data.mixing import load_policy
 from tests.viewer.run_support import feedback_run  # noqa: F401 (fixture)
-from utils.sampler_viewer.browser import chromium_page, find_chromium, streamlit_server
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif((find_chromium() is None or importlib.util.find_spec("playwright") is None)
-                       and os.environ.get("CI") != "true",
-                       reason="chromium or playwright missing: run .ci/install_browser.sh and pip install -r "
-                       "requirements.txt (CI does, and fails without them)"),
-]
+from tests.viewer.test_browser import pytestmark  # noqa: F401 (the same marks: slow, skipped without chromium)
+from utils.sampler_viewer.browser import chromium_page, streamlit_server
 
 
 def test_training_feedback_of_a_run_in_chromium(viewer_env, feedback_run, tmp_path):  # noqa: F811

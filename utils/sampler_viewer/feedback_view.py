@@ -45,19 +45,24 @@ def feedback_section(resolve: Callable[[str], Path], policy_root: Path) -> None:
             st.error(str(err))
     if not runs:
         return
-    curves(runs)
+    relative = st.radio("Curves", ["absolute", "relative to the first eval"], horizontal=True,
+                        key="feedback_scale") != "absolute"
+    curves(runs, relative)
     settings = RuleSettings(window=window, floor=floor)
     for i, run in enumerate(runs):
         run_view(run, i, settings, policy_root, several=len(runs) > 1)
 
 
-def curves(runs: list[RunFeedback]) -> None:
-    """The loss curves of every source of every run, one chart per measure."""
+def curves(runs: list[RunFeedback], relative: bool) -> None:
+    """The loss curves of every source of every run, one chart per measure; `relative`: each curve divided by
+    its first value (sources of very different loss compared by their shape)."""
     for metric in dict.fromkeys(r.metric for r in runs):
-        frame = pd.DataFrame({_label(run, s.name, len(runs) > 1): pd.Series(s.loss, index=s.steps)
-                              for run in runs if run.metric == metric for s in run.sources})
-        st.markdown(f"**{metric} per source** (lower is better)")
-        st.line_chart(frame.sort_index(), x_label="optimizer step", y_label=metric)
+        frame = pd.DataFrame({_label(run, s.name, len(runs) > 1): pd.Series(
+            [v / s.loss[0] for v in s.loss] if relative and s.loss and s.loss[0] else s.loss, index=s.steps)
+            for run in runs if run.metric == metric for s in run.sources})
+        label = f"{metric} ÷ first eval" if relative else metric
+        st.markdown(f"**{label} per source** (lower is better)")
+        st.line_chart(frame.sort_index(), x_label="optimizer step", y_label=label)
 
 
 def run_view(run: RunFeedback, index: int, settings: RuleSettings, policy_root: Path, several: bool) -> None:
