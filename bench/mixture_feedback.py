@@ -4,7 +4,7 @@ Three synthetic sources on the tiny Llama (configs/model_configs/tiny_llama.json
   easy      — one short sentence repeated (learned within a few steps);
   learnable — a consistent generated grammar: a random clause, then the same clause with its two nouns
               swapped (the second half follows from the first: hard for a tiny model, but learnable);
-  noise     — random tokens: words drawn uniformly from the tokenizer's 246 single-token words (nothing to
+  noise     — random tokens: words drawn uniformly from the tokenizer's single-token words (nothing to
               learn beyond which tokens occur).
 Both arms start with the same round from uniform shares. Then, for `--rounds` - 1 more rounds of `--steps`
 optimizer steps each (every round continues from the previous round's checkpoint with a fresh optimizer and
