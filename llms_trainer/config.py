@@ -167,6 +167,10 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(32, ge=1, description="generation_eval: tokens generated per prompt")
     few_shot_prefix: str = Field("", description="single_choice_eval: text put before every question")
     batch_size: int = Field(8, ge=1, description="eval rows per forward, per process")
+    source_holdout_records: int = Field(0, ge=0, description="pretraining: the last N records of every source "
+                                        "(manifest order) never train; with train_and_eval their nats per "
+                                        "character and per token are logged as eval/source/<name>/... every "
+                                        "eval_interval; 0: off")
 
     @model_validator(mode="before")
     @classmethod
@@ -419,7 +423,11 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
                 fail(f"eval.{key}", f"'{path}' does not exist")
     section = getattr(cfg, STAGE_SECTIONS.get(cfg.stage_name(), ""), None)
     own_evals = ((cfg.stage_name() == "reward" and e.test_reward_model_acc_files)  # the reward stage's pair accuracy
-                 or getattr(section, "evaluates", False))  # dpo / grpo held-out files
+                 or getattr(section, "evaluates", False)  # dpo / grpo held-out files
+                 or e.source_holdout_records)  # pretraining: each source's held-out records
+    if e.source_holdout_records and cfg.stage_name() != "pretrain":
+        fail("eval.source_holdout_records", f"holds out pretraining records; this run's stage is "
+             f"{cfg.stage_name()}: remove it")
     if t.train_and_eval and not e.eval_methods and not own_evals:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
 

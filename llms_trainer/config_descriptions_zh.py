@@ -105,6 +105,9 @@ DESCRIPTIONS_ZH: dict[str, str] = {
     "eval.generation_eval_save_path": (
         "step_<n>.json 输出的存放位置；默认 work_dir/generation_eval（旧键名：genration_eval_save_path）"),
     "eval.nll_dataset": "留出文本 jsonl 文件（一个或多个）",
+    "eval.source_holdout_records": (
+        "预训练：每个来源的最后 N 条记录（按 manifest 顺序）永不参与训练；开启 train_and_eval 时，每隔 "
+        "eval_interval 步把它们的每字符 nats 和每 token nats 记为 eval/source/<name>/...；0 表示关闭"),
     "eval.chat_nll_dataset": (
         "chat_nll_eval 使用的留出对话（任意 SFT 记录格式）：只计算 assistant token 的 NLL"),
     "eval.test_reward_model_acc_files": (

@@ -33,6 +33,7 @@ SCRIPTS = {  # console script → the repository script that runs the same main 
     "llms-score-pairs": "utils/score_pairs.py",
     "llms-convert-gguf": "utils/convert_gguf_to_hf.py",
     "llms-viewer": None,
+    "llms-propose-policy": "utils/propose_policy.py",
 }
 COLUMNS = "100"  # argparse wraps help to the terminal width: the same for both sides of a comparison
 

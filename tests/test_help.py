@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON_SCRIPTS = ["train_llms.py", "train_reward_model.py", "data/compress_data.py", "utils/add_chat_tokens.py",
                   "utils/extend_model_token_embeddings.py", "utils/inspect_mixture.py", "utils/merge_tokenizer.py",
-                  "utils/train_tokenizer.py", "utils/score_pairs.py", "train_rl.py"]
+                  "utils/train_tokenizer.py", "utils/score_pairs.py", "train_rl.py", "utils/propose_policy.py"]
 SHELL_SCRIPTS = ["train_llms.sh", "train_multi_node_llms.sh", "train_reward_model.sh",
                  "train_multi_node_reward_model.sh", "train_rl.sh", "train_multi_node_rl.sh"]
 

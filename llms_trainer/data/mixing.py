@@ -140,13 +140,19 @@ class Mixture:
         live = [n for n in self.sources if n not in self.exhausted]
         return max(live, key=lambda n: self.weights[n] * total - self.drawn[n]) if live else None
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def tagged(self) -> Iterator[tuple[int, list[int]]]:
+        """(source index in `sources` order, document) pairs, in mixture order."""
+        index = {name: i for i, name in enumerate(self.sources)}
         while (name := self._pick()) is not None:
             doc = self.sources[name].next_doc()
             if doc is None:
                 self.exhausted.add(name)
                 continue
             self.drawn[name] += len(doc)
+            yield index[name], doc
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, doc in self.tagged():
             yield doc
 
     def report(self) -> dict[str, dict[str, float]]:
@@ -162,4 +168,6 @@ def mixture_report(state: dict, streams: dict[str, SourceStream]) -> dict[str, d
         epochs = stream.epochs_done(state["sources"][name]["stream"])
         out[name] = {"tokens": state["drawn"][name], "share": state["drawn"][name] / total,
                      "epochs": round(epochs, 4)}
+        if stream.holdout_records:  # records kept out of training for eval/source/<name>/...
+            out[name]["holdout_records"] = stream.holdout_records
     return out

@@ -17,6 +17,10 @@ document start and `document_ids` (the document's index in its row, -1 on paddin
 `model_inputs` then lets transformers keep attention inside each document (see its docstring). The label at
 each document start is -100, so no position is trained to predict across a boundary.
 `best_fit_decreasing` packs whole documents (SFT conversations) into rows.
+
+Sources: a `Packer` fed `(source index, document)` pairs (`tagged=True`, the mixture's `tagged()`) also
+says which source each token of a row came from, as `(offset, source)` spans (`rows_with_sources`); the
+batchers turn them into `source_ids` ([B, T], -1 on padding) so the loss can be split by source.
 """
 
 from __future__ import annotations
@@ -32,26 +36,38 @@ SEQUENCE_MODES = ("concat", "truncation", "sample", "split", "none")
 IGNORE_INDEX = -100
 
 
+Spans = list[tuple[int, int]]  # (offset in the row, source index) where a source's tokens begin
+
+
 class Packer:
     """Rows from a document iterator; `state_dict` holds the tokens not yet emitted, where documents start in
-    them, and a doc counter."""
+    them (and each one's source), and a doc counter.
 
-    def __init__(self, docs: Iterable[list[int]], seq_length: int, mode: str = "concat", seed: int = 0):
+    `docs` yields token lists, or `(source index, token list)` pairs when `tagged`.
+    """
+
+    def __init__(self, docs: Iterable, seq_length: int, mode: str = "concat", seed: int = 0,
+                 tagged: bool = False):
         if mode not in SEQUENCE_MODES:
             raise ValueError(f"sequence mode must be one of {SEQUENCE_MODES}, got {mode!r}")
         if seq_length < 1:
             raise ValueError("seq_length must be ≥ 1")
-        self.docs, self.seq_length, self.mode, self.seed = docs, seq_length, mode, seed
+        self.docs, self.seq_length, self.mode, self.seed, self.tagged = docs, seq_length, mode, seed, tagged
         self.pending: list[int] = []  # concat: carried tokens; split: rest of the current document
         self.starts: list[int] = []  # offsets in `pending` where a document starts
+        self.sources: list[int] = []  # the source of each document in `starts`
+        self.carry_source = 0  # the source of the document `pending` begins inside (when 0 is not a start)
         self.docs_read = 0
 
     def state_dict(self) -> dict:
-        return {"pending": list(self.pending), "starts": list(self.starts), "docs_read": self.docs_read}
+        return {"pending": list(self.pending), "starts": list(self.starts), "docs_read": self.docs_read,
+                "sources": list(self.sources), "carry_source": self.carry_source}
 
     def load_state_dict(self, state: dict) -> None:
         self.pending, self.docs_read = list(state["pending"]), int(state["docs_read"])
         self.starts = list(state.get("starts", [0] if self.pending else []))
+        self.sources = list(state.get("sources", [0] * len(self.starts)))
+        self.carry_source = int(state.get("carry_source", 0))
 
     def _row_of(self, doc: list[int]) -> list[int]:
         n = self.seq_length
@@ -60,37 +76,57 @@ class Packer:
             return doc[start:start + n]
         return doc[:n]
 
-    def _take(self, n: int) -> tuple[list[int], list[int]]:
+    def _take(self, n: int) -> tuple[list[int], list[int], Spans]:
         row, self.pending = self.pending[:n], self.pending[n:]
-        starts = [s for s in self.starts if s < n]
-        self.starts = [s - n for s in self.starts if s >= n]
-        return row, starts
+        mine = [(s, src) for s, src in zip(self.starts, self.sources, strict=True) if s < n]
+        spans = mine if mine and mine[0][0] == 0 else [(0, self.carry_source), *mine]
+        rest = [(s - n, src) for s, src in zip(self.starts, self.sources, strict=True) if s >= n]
+        self.starts, self.sources = [s for s, _ in rest], [src for _, src in rest]
+        self.carry_source = spans[-1][1]
+        return row, [s for s, _ in mine], spans
 
-    def rows_with_starts(self) -> Iterator[tuple[list[int], list[int]]]:
-        """Rows and the offsets where a document starts in each (a row continuing a document has none at 0)."""
+    def rows_with_sources(self) -> Iterator[tuple[list[int], list[int], Spans]]:
+        """Rows, the offsets where a document starts in each (a row continuing a document has none at 0), and
+        the row's source spans."""
         n = self.seq_length
         docs = iter(self.docs)
         while True:
             if self.mode in ("concat", "split") and (len(self.pending) >= n or (self.mode == "split" and self.pending)):
                 yield self._take(n)
                 continue
-            doc = next(docs, None)
-            if doc is None:
+            item = next(docs, None)
+            if item is None:
                 break
+            source, doc = item if self.tagged else (0, item)
             self.docs_read += 1
             if self.mode == "concat":
                 self.starts.append(len(self.pending))
+                self.sources.append(source)
                 self.pending = self.pending + doc
             elif self.mode == "split":
-                self.pending, self.starts = doc, [0]
+                self.pending, self.starts, self.sources = doc, [0], [source]
             else:
-                yield self._row_of(doc), [0]
+                yield self._row_of(doc), [0], [(0, source)]
         if self.pending:  # finite run: the last row may be short (padded by the batcher)
             yield self._take(len(self.pending))
 
+    def rows_with_starts(self) -> Iterator[tuple[list[int], list[int]]]:
+        """Rows and the offsets where a document starts in each (a row continuing a document has none at 0)."""
+        for row, starts, _ in self.rows_with_sources():
+            yield row, starts
+
     def __iter__(self) -> Iterator[list[int]]:
-        for row, _ in self.rows_with_starts():
+        for row, _, _ in self.rows_with_sources():
             yield row
+
+
+def source_ids(spans_per_row: list[Spans], lengths: list[int], width: int) -> torch.Tensor:
+    """[rows, width] int64: the source index of every token (from its row's spans), -1 on padding."""
+    out = np.full((len(spans_per_row), width), -1, np.int64)
+    for r, (spans, length) in enumerate(zip(spans_per_row, lengths, strict=True)):
+        for (offset, source), (end, _) in zip(spans, [*spans[1:], (length, -1)], strict=True):
+            out[r, offset:min(end, length)] = source
+    return torch.from_numpy(out)
 
 
 def collate_rows(rows: list[list[int]], pad_id: int, pad_to: int | None = None,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .mixing import Mixture, TokenizedSource, mixture_report
-from .packing import Packer, collate_packed, collate_rows
+from .packing import Packer, Spans, collate_packed, collate_rows, source_ids
 from .records import pretrain_text
 from .shards import ShardInfo
 from .stream import SourceStream
@@ -69,6 +69,7 @@ class PretrainSpec:
     buffer_records: int = 1024
     tokenize_batch_docs: int = 64
     document_attention: bool = False  # concat rows: positions restart per document, no attention across
+    holdout_records: int = 0  # the last N records of every source never train (stream.holdout_limits)
 
 
 class Chain:
@@ -78,13 +79,15 @@ class Chain:
         encode = make_encoder(tokenizer)
         self.streams = {
             name: SourceStream(shards, seed=spec.seed, unit=unit, num_units=num_units,
-                               buffer_records=spec.buffer_records, max_epochs=spec.max_epochs)
+                               buffer_records=spec.buffer_records, max_epochs=spec.max_epochs,
+                               holdout_records=spec.holdout_records)
             for name, shards in spec.sources.items()
         }
         sources = {n: TokenizedSource(s, pretrain_text, encode, spec.tokenize_batch_docs)
                    for n, s in self.streams.items()}
         self.mixture = Mixture(sources, spec.weights)
-        self.packer = Packer(self.mixture, spec.seq_length, spec.mode, seed=spec.seed * 100003 + unit)
+        self.packer = Packer(_Tagged(self.mixture), spec.seq_length, spec.mode, seed=spec.seed * 100003 + unit,
+                             tagged=True)
         self.unit = unit
 
     def state_dict(self) -> dict:
@@ -96,6 +99,16 @@ class Chain:
 
     def report(self, state: dict | None = None) -> dict:
         return mixture_report((state or self.state_dict())["mixture"], self.streams)
+
+
+class _Tagged:
+    """The mixture's (source, document) pairs, as an iterable the packer iterates when it starts."""
+
+    def __init__(self, mixture: Mixture):
+        self.mixture = mixture
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        return self.mixture.tagged()
 
 
 class PretrainData(IterableDataset):
@@ -111,6 +124,7 @@ class PretrainData(IterableDataset):
         self.spec, self.tokenizer, self.rank, self.world_size = spec, tokenizer, rank, world_size
         self.worker_states: list[dict] | None = None  # set by ResumableLoader, one per worker slot
         self.pad_id = pad_id_of(tokenizer)
+        self.source_names = list(spec.sources)  # `source_ids` index this list
 
     def chain_for(self, worker: int, num_workers: int) -> Chain:
         """The chain of a worker: a fresh unit, or the unit and position its slot's state names."""
@@ -137,18 +151,20 @@ class PretrainData(IterableDataset):
         if rows:
             yield {**self.collate(rows), "state": chain.state_dict()}
 
-    def rows(self, chain: Chain) -> Iterator:
-        """The rows a chain yields (with document starts under document attention)."""
-        if self.spec.document_attention and self.spec.mode == "concat":
-            return chain.packer.rows_with_starts()
-        return iter(chain.packer)
+    def rows(self, chain: Chain) -> Iterator[tuple[list[int], list[int], Spans]]:
+        """The rows a chain yields: (ids, document starts, source spans)."""
+        return chain.packer.rows_with_sources()
 
-    def collate(self, rows: list) -> dict[str, torch.Tensor]:
-        """One micro-batch of tensors from `batch_size` rows."""
+    def collate(self, rows: list[tuple[list[int], list[int], Spans]]) -> dict[str, torch.Tensor]:
+        """One micro-batch of tensors from `batch_size` rows, with `source_ids` (index in spec.sources order)."""
         if self.spec.document_attention and self.spec.mode == "concat":
-            return collate_packed([(ids, ids, starts) for ids, starts in rows], self.pad_id, self.spec.seq_length)
-        pad_to = self.spec.seq_length if (self.spec.pad_to_max or self.spec.mode == "concat") else None
-        return collate_rows(rows, self.pad_id, pad_to)
+            batch = collate_packed([(ids, ids, starts) for ids, starts, _ in rows], self.pad_id, self.spec.seq_length)
+        else:
+            pad_to = self.spec.seq_length if (self.spec.pad_to_max or self.spec.mode == "concat") else None
+            batch = collate_rows([ids for ids, _, _ in rows], self.pad_id, pad_to)
+        width = batch["input_ids"].shape[1]
+        batch["source_ids"] = source_ids([spans for _, _, spans in rows], [len(ids) for ids, _, _ in rows], width)
+        return batch
 
     def report(self, worker_states: list[dict]) -> dict:
         """Tokens, share and epochs per source, summed over the given worker states."""
@@ -157,6 +173,8 @@ class PretrainData(IterableDataset):
         for state in worker_states:
             for name, row in chain.report(state).items():
                 acc = totals.setdefault(name, {"tokens": 0, "epochs": 0.0})
+                if "holdout_records" in row:
+                    acc["holdout_records"] = row["holdout_records"]
                 acc["tokens"] += row["tokens"]
                 acc["epochs"] = max(acc["epochs"], row["epochs"])
         grand = max(1, sum(r["tokens"] for r in totals.values()))

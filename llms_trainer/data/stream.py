@@ -2,7 +2,9 @@
 
 Order within an epoch: the shard order is shuffled with (seed, epoch); records are then read in that order
 and dealt to *units* (rank × DataLoader worker) by position: the record at epoch position `p` belongs to
-unit `p % num_units`, so every record is read exactly once per epoch across all units. Each unit shuffles
+unit `p % num_units`, so every record is read exactly once per epoch across all units. With
+`holdout_records` N, the last N records of the source in manifest order (`holdout_limits`) are never read:
+no epoch and no resume state contains them (they are the per-source held-out set, `heldout_records`). Each unit shuffles
 its records in chunks of `buffer_records` (a bounded buffer), each chunk permuted with a seed derived from
 (seed, epoch, unit, chunk start).
 
@@ -33,6 +35,7 @@ class SourceStream:
         num_units: int = 1,
         buffer_records: int = 1024,
         max_epochs: int | None = None,
+        holdout_records: int = 0,
     ):
         if not shards:
             raise ShardError("a source needs at least one shard")
@@ -42,9 +45,11 @@ class SourceStream:
         self.seed, self.unit, self.num_units = seed, unit, num_units
         self.buffer_records = max(1, buffer_records)
         self.max_epochs = max_epochs
-        self.total_records = sum(s.records for s in shards)
-        if self.total_records == 0:
+        if sum(s.records for s in shards) == 0:
             raise ShardError(f"{shards[0].path.parent}: source has no records")
+        self.holdout_records = holdout_records
+        self.limits = holdout_limits(shards, holdout_records)  # records of each shard that may train
+        self.total_records = sum(self.limits)
         self.epoch = self.shard_pos = self.line = self.taken = 0
         self._reader: tuple[int, int, Iterator[str]] | None = None  # (shard_pos, next line, lines)
         self.position: tuple[Path, int] | None = None  # (shard, 1-based line) of the last record handed out
@@ -69,7 +74,7 @@ class SourceStream:
         """Completed epochs plus the fraction of the current one (by chunk start), now or at `state`."""
         state = state or self.state_dict()
         order = self._order(state["epoch"])
-        before = sum(self.shards[i].records for i in order[: state["shard_pos"]]) + state["line"]
+        before = sum(self.limits[i] for i in order[: state["shard_pos"]]) + state["line"]
         before += state["taken"] * self.num_units  # records of the chunk handed out, all units alike
         return state["epoch"] + min(before, self.total_records) / self.total_records
 
@@ -94,20 +99,20 @@ class SourceStream:
         records: list[tuple[dict, Path, int]] = []
         shard_pos, line = self.shard_pos, self.line
         while shard_pos < len(order) and len(records) < self.buffer_records:
-            shard = self.shards[order[shard_pos]]
-            lines = self._lines_from(shard, shard_pos, line)
+            shard, limit = self.shards[order[shard_pos]], self.limits[order[shard_pos]]
+            lines = self._lines_from(shard, shard_pos, line) if line < limit else iter(())
             for text in lines:
                 line += 1
                 if line > shard.records:
                     raise _count_mismatch(shard, "more")
                 if self._mine(starts[shard_pos] + line - 1):
                     records.append((parse_shard_line(text, shard.path, line), shard.path, line))
-                    if len(records) == self.buffer_records:
-                        break
+                if len(records) == self.buffer_records or line == limit < shard.records:  # full, or held-out lines next
+                    break
             else:
-                if line < shard.records:  # the lines ran out early: never wait for records that are not there
+                if line < limit:  # the lines ran out early: never wait for records that are not there
                     raise _count_mismatch(shard, "fewer")
-            if line >= shard.records:
+            if line >= limit:
                 shard_pos, line, self._reader = shard_pos + 1, 0, None
             else:
                 self._reader = (shard_pos, line, lines)
@@ -119,7 +124,7 @@ class SourceStream:
             order = self._order(self.epoch)
             starts = [0]
             for i in order:
-                starts.append(starts[-1] + self.shards[i].records)
+                starts.append(starts[-1] + self.limits[i])
             while True:
                 records, end_pos, end_line = self._read_chunk(order, starts)
                 if not records:
@@ -134,6 +139,30 @@ class SourceStream:
                     yield record
                 self.shard_pos, self.line, self.taken = end_pos, end_line, 0
             self.epoch, self.shard_pos, self.line, self.taken = self.epoch + 1, 0, 0, 0
+
+
+def holdout_limits(shards: list[ShardInfo], holdout_records: int) -> list[int]:
+    """Per shard, how many of its first records may train when the source's last `holdout_records` are held out."""
+    total = sum(s.records for s in shards)
+    if holdout_records >= total:
+        raise ShardError(f"{shards[0].path.parent}: eval.source_holdout_records {holdout_records} leaves no "
+                         f"training record (the source has {total}); lower it")
+    limits, left = [], holdout_records
+    for shard in reversed(shards):
+        held = min(left, shard.records)
+        limits.append(shard.records - held)
+        left -= held
+    return limits[::-1]
+
+
+def heldout_records(shards: list[ShardInfo], holdout_records: int) -> list[dict]:
+    """The held-out records of a source: its last `holdout_records` in manifest order (never trained on)."""
+    records = []
+    for shard, limit in zip(shards, holdout_limits(shards, holdout_records), strict=True):
+        if limit < shard.records:
+            for number, text in enumerate(iter_shard_lines(shard, skip=limit), start=limit + 1):
+                records.append(parse_shard_line(text, shard.path, number))
+    return records
 
 
 def _count_mismatch(shard: ShardInfo, more_or_fewer: str) -> ShardError:

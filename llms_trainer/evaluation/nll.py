@@ -104,16 +104,15 @@ def load_chat_windows(path: str | Path, tokenizer: Any, seq_length: int) -> list
 
 
 def evaluate_nll(model: Any, tokenizer: Any, texts: list[str], accelerator: Any, seq_length: int,
-                 batch_size: int = 8) -> dict[str, float]:
-    """{"eval/nll/loss", "eval/nll/ppl", "eval/nll/nats_per_char"} over all target tokens of `texts`; call on
-    all ranks."""
+                 batch_size: int = 8, prefix: str = "eval/nll") -> dict[str, float]:
+    """{prefix/loss, prefix/ppl, prefix/nats_per_char} over all target tokens of `texts`; call on all ranks."""
     windows = [w for text in texts for w in nll_windows(encode_document(tokenizer, text), seq_length)]
     if not windows:
         raise EvalDataError("NLL texts give no target tokens; each text must encode to at least 2 tokens")
     total, count = window_totals(model, tokenizer, windows, accelerator, batch_size)
     loss = total / max(1, count)
-    return {"eval/nll/loss": loss, "eval/nll/ppl": math.exp(min(loss, 700.0)),
-            "eval/nll/nats_per_char": total / max(1, sum(len(text) for text in texts))}
+    return {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 700.0)),
+            f"{prefix}/nats_per_char": total / max(1, sum(len(text) for text in texts))}
 
 
 def evaluate_windows(model: Any, tokenizer: Any, windows: list[tuple[list[int], list[int]]], accelerator: Any,

@@ -43,10 +43,16 @@ def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
 
 def plain_loss_sum(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Summed next-token cross-entropy over the labelled positions, from the model's full fp32 logits."""
+    return plain_token_losses(model, batch).sum()
+
+
+def plain_token_losses(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """[B, T] fp32 next-token cross-entropy per position (0 where no target), from the full fp32 logits."""
     logits = model(**model_inputs(batch)).logits
     targets = shifted_targets(batch["labels"])
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="none")
+    return losses.view(targets.shape)
 
 
 def lm_loss_sum(model: torch.nn.Module, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
@@ -55,10 +61,21 @@ def lm_loss_sum(model: torch.nn.Module, batch: dict, chunk_tokens: int = DEFAULT
 
     `chunk_tokens`: labelled positions per LM-head chunk; 0: the plain path (full logits).
     """
+    return lm_loss_terms(model, batch, chunk_tokens, autocast)[0]
+
+
+def lm_loss_terms(model: torch.nn.Module, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                  autocast: Autocast = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token cross-entropy, [B, T] fp32 per-position losses, detached, 0 where no target).
+
+    The per-position losses are the terms the sum is made of (no extra forward pass); position t holds the
+    loss of predicting labels[t + 1]. `chunk_tokens` as in `lm_loss_sum`.
+    """
     if chunk_tokens < 0:
         raise ValueError(f"chunk_tokens must be >= 0, got {chunk_tokens}")
     if chunk_tokens == 0:
-        return plain_loss_sum(model, batch)
+        losses = plain_token_losses(model, batch)
+        return losses.sum(), losses.detach()
     targets = shifted_targets(batch["labels"])
     hidden = final_hidden_states(model, model_inputs(batch))
     keep = targets != IGNORE_INDEX
@@ -66,14 +83,17 @@ def lm_loss_sum(model: torch.nn.Module, batch: dict, chunk_tokens: int = DEFAULT
     head = output_head(model)
     params = [p for p in head.parameters() if p.requires_grad]
     if any(hasattr(p, "ds_id") for p in head.parameters()):  # ZeRO-3: parameters exist inside forward only
-        return -_chunked_logprobs(head, rows, wanted, chunk_tokens, 1.0, autocast).sum()
-    if torch.is_grad_enabled() and (rows.requires_grad or params):
-        return _ChunkedCrossEntropy.apply(rows, wanted, head, chunk_tokens, autocast, *params)
-    total = rows.new_zeros((), dtype=torch.float32)
-    for start in range(0, len(rows), chunk_tokens):
-        total = total + _chunk_ce_sum(head, rows[start:start + chunk_tokens], wanted[start:start + chunk_tokens],
-                                      autocast)
-    return total
+        losses = -_chunked_logprobs(head, rows, wanted, chunk_tokens, 1.0, autocast)
+        total = losses.sum()
+    elif torch.is_grad_enabled() and (rows.requires_grad or params):
+        total, losses = _ChunkedCrossEntropy.apply(rows, wanted, head, chunk_tokens, autocast, *params)
+    else:
+        losses = torch.cat([_chunk_ce(head, rows[start:start + chunk_tokens], wanted[start:start + chunk_tokens],
+                                      autocast) for start in range(0, len(rows), chunk_tokens)]
+                           or [rows.new_zeros((0,), dtype=torch.float32)])
+        total = losses.sum()
+    placed = torch.zeros(targets.shape, dtype=torch.float32, device=losses.device)
+    return total, placed.masked_scatter(keep, losses.detach())
 
 
 def target_logprobs(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, *,
@@ -141,11 +161,10 @@ def _unsupported(model: torch.nn.Module, why: str) -> Exception:
                           f"loss: {why}; set train.loss_chunk_tokens: 0 to use the model's own logits")
 
 
-def _chunk_ce_sum(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor,
-                  autocast: Autocast) -> torch.Tensor:
+def _chunk_ce(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, autocast: Autocast) -> torch.Tensor:
     with autocast():
         logits = head(rows)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def _chunk_logprobs(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -169,7 +188,7 @@ def _chunked_logprobs(head: torch.nn.Module, rows: torch.Tensor, targets: torch.
 
 def _chunk_ce_and_grads(head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, autocast: Autocast,
                         wrt: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(Σ cross-entropy of one chunk, its gradients with respect to `wrt`).
+    """(cross-entropy per row of one chunk, the gradients of their sum with respect to `wrt`).
 
     The logits' gradient, softmax - one-hot, is written over the fp32 logits in place, so a chunk holds one
     [rows, vocab] fp32 tensor (plus logsumexp's temporary) rather than the logits, their log-softmax and two
@@ -181,7 +200,7 @@ def _chunk_ce_and_grads(head: torch.nn.Module, rows: torch.Tensor, targets: torc
         probs = logits.detach().float()  # a new tensor under autocast; else the logits' own storage (not saved)
         lse = torch.logsumexp(probs, dim=-1)
         picked = probs.gather(-1, targets[:, None]).squeeze(-1)
-        loss = (lse - picked).sum()
+        loss = lse - picked
         probs.sub_(lse[:, None]).exp_()
         probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
     grads = torch.autograd.grad(logits, wrt, grad_outputs=probs.to(logits.dtype)) if wrt else ()
@@ -189,10 +208,11 @@ def _chunk_ce_and_grads(head: torch.nn.Module, rows: torch.Tensor, targets: torc
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Σ cross-entropy(head(rows), targets), gradients taken chunk by chunk during forward.
+    """(Σ cross-entropy(head(rows), targets), the [N] terms), gradients taken chunk by chunk during forward.
 
     Inputs: rows [N, hidden], targets [N], the head module, the chunk size, the autocast factory, then the
     head's trainable parameters (so autograd hands their gradients on: DDP/ZeRO hooks, tied embeddings).
+    The terms are not differentiable (statistics only).
     """
 
     @staticmethod
@@ -201,6 +221,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         rows_grad = torch.empty_like(rows) if need_rows else None
         params_grad: list[torch.Tensor | None] = [None] * len(params)  # fp32 sums over the chunks
         total = torch.zeros((), dtype=torch.float32, device=rows.device)
+        terms = torch.zeros(len(rows), dtype=torch.float32, device=rows.device)
         for start in range(0, len(rows), chunk_tokens):
             chunk = rows[start:start + chunk_tokens].detach().requires_grad_(need_rows)
             loss, grads = _chunk_ce_and_grads(head, chunk, targets[start:start + chunk_tokens], autocast,
@@ -209,16 +230,18 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 rows_grad[start:start + chunk_tokens] = grads.pop(0)
             for i, grad in enumerate(grads):
                 params_grad[i] = grad.float() if params_grad[i] is None else params_grad[i].add_(grad)
-            total += loss
+            terms[start:start + chunk_tokens] = loss
+            total += loss.sum()
         params_grad = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) if g is None else g
                        for g, p in zip(params_grad, params, strict=True)]  # no rows: zero gradients
         ctx.param_dtypes, ctx.need_rows = [p.dtype for p in params], need_rows
         ctx.save_for_backward(*([rows_grad] if need_rows else []), *params_grad)
-        return total
+        ctx.mark_non_differentiable(terms)
+        return total, terms
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total):
+    def backward(ctx, grad_total, _grad_terms):
         saved = list(ctx.saved_tensors)  # scaled in place: each is used once
         rows_grad = saved.pop(0).mul_(grad_total) if ctx.need_rows else None
         params_grad = [g.mul_(grad_total).to(dtype) for g, dtype in zip(saved, ctx.param_dtypes, strict=True)]

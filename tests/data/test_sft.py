@@ -205,7 +205,7 @@ def test_pretraining_document_attention_restarts_positions_per_document(tiny_tok
     sources = {"t": _write(tmp_path, "t", [{"text": sentence(rng)} for _ in range(30)])}
     spec = PretrainSpec(sources=sources, weights={"t": 1.0}, seq_length=64, batch_size=2, document_attention=True)
     batch = next(iter(ResumableLoader(PretrainData(spec, tiny_tokenizer))))
-    assert set(batch) == {"input_ids", "labels", "position_ids", "document_ids"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "document_ids", "source_ids"}
     assert _assert_documents_match_alone(_tiny_llama(len(tiny_tokenizer), "sdpa"), batch) >= 4
     plain = next(iter(ResumableLoader(PretrainData(PretrainSpec(**{**spec.__dict__, "document_attention": False}),
                                                    tiny_tokenizer))))

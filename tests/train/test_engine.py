@@ -148,14 +148,14 @@ def test_checkpoint_loads_with_plain_from_pretrained(write_config, model_config_
 def test_nan_loss_stops_and_keeps_last_checkpoint(write_config, model_config_file, tmp_path, monkeypatch):
     config = write_config(train={"num_training_steps": 6}, save_interval=2)
     calls = {"n": 0}
-    real = pretrain.loss_sum
+    real = pretrain.loss_terms
 
     def nan_at_third_step(model, batch, **options):
         calls["n"] += 1
-        loss = real(model, batch, **options)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        loss, terms = real(model, batch, **options)
+        return (loss * float("nan") if calls["n"] == 3 else loss), terms
 
-    monkeypatch.setattr(pretrain, "loss_sum", nan_at_third_step)
+    monkeypatch.setattr(pretrain, "loss_terms", nan_at_third_step)
     with pytest.raises(NonFiniteLossError, match="step 3.*checkpoint-2"):
         train(config, model_config_file)
     work = tmp_path / "run"

@@ -131,6 +131,15 @@ class ViewerPage:
         field.fill(text)
         field.press("Enter")
 
+    def show_feedback(self, runs: str) -> None:
+        """Open the "Training feedback" tab and show `runs` (work_dirs, comma-separated); waits for the page's
+        answer: the runs' curves or a message."""
+        self.settle()
+        self.page.get_by_role("tab", name="Training feedback").click()
+        self.type_into("Run work_dir(s), comma-separated", runs)
+        self.page.wait_for_selector('[data-testid="stAlert"], [data-testid="stVegaLiteChart"] >> visible=true')
+        self.settle()
+
     def click_button(self, text: str) -> None:
         self.settle()
         self.page.get_by_role("button", name=text, exact=True).click()

@@ -5,8 +5,9 @@
 It listens on 127.0.0.1 only (utils/sampler_viewer/.streamlit/config.toml); add `--server.address 0.0.0.0`
 to serve other machines. Defaults come from env vars: SAMPLER_VIEWER_DATA_DIR (data/pretrain_data),
 SAMPLER_VIEWER_TOKENIZER (configs/tokenizers/demo_base), SAMPLER_VIEWER_POLICY_DIR (configs/sample_policy:
-the only directory the page writes policies into). Relative paths are read from the repository root. The
-logic lives in llms_trainer/sampler_viewer/; this file only lays out the page.
+the only directory the page writes policies into), SAMPLER_VIEWER_RUNS (the "Training feedback" tab's
+runs). Relative paths are read from the repository root. The logic lives in llms_trainer/sampler_viewer/;
+this file and feedback_view.py only lay out the page.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from llms_trainer.sampler_viewer.sources import (  # noqa: E402
     parse_pasted_sizes,
     scan_data_dir,
 )
+from utils.sampler_viewer.feedback_view import feedback_section  # noqa: E402
 
 
 def resolve(text: str) -> Path:
@@ -234,6 +236,14 @@ def cancel() -> None:
 def main() -> None:
     st.set_page_config(page_title="Sampler viewer", layout="wide")
     st.title("Sampler viewer")
+    plan_tab, feedback_tab = st.tabs(["Plan a mixture", "Training feedback"])
+    with feedback_tab:  # first: the plan stops the script on a bad data directory
+        feedback_section(resolve, policy_root())
+    with plan_tab:
+        plan_page()
+
+
+def plan_page() -> None:
     data_dir, tokenizer_key, policy_dir, pasted = sidebar()
     sources = load_sources(data_dir, tokenizer_key, pasted)
     count_button(sources, tokenizer_key)
