@@ -69,6 +69,7 @@ class PretrainSpec:
     buffer_records: int = 1024
     tokenize_batch_docs: int = 64
     document_attention: bool = False  # concat rows: positions restart per document, no attention across
+    on_bad_record: str = "error"  # a record no reader may use: error (stop at SHARD:LINE) | skip (count it)
 
 
 class Chain:
@@ -81,7 +82,7 @@ class Chain:
                                buffer_records=spec.buffer_records, max_epochs=spec.max_epochs)
             for name, shards in spec.sources.items()
         }
-        sources = {n: TokenizedSource(s, pretrain_text, encode, spec.tokenize_batch_docs)
+        sources = {n: TokenizedSource(s, pretrain_text, encode, spec.tokenize_batch_docs, spec.on_bad_record)
                    for n, s in self.streams.items()}
         self.mixture = Mixture(sources, spec.weights)
         self.packer = Packer(self.mixture, spec.seq_length, spec.mode, seed=spec.seed * 100003 + unit)
@@ -95,7 +96,12 @@ class Chain:
         self.packer.load_state_dict(state["packer"])
 
     def report(self, state: dict | None = None) -> dict:
-        return mixture_report((state or self.state_dict())["mixture"], self.streams)
+        """Per source: tokens, share, epochs and bad records skipped."""
+        mixture_state = (state or self.state_dict())["mixture"]
+        rows = mixture_report(mixture_state, self.streams)
+        for name, row in rows.items():
+            row["bad_records"] = mixture_state["sources"][name].get("bad_records", 0)
+        return rows
 
 
 class PretrainData(IterableDataset):
@@ -106,6 +112,7 @@ class PretrainData(IterableDataset):
     """
 
     chain_class = Chain
+    count_keys: tuple[str, ...] = ("bad_records",)  # per-source counts summed over workers in `report`
 
     def __init__(self, spec: PretrainSpec, tokenizer, rank: int = 0, world_size: int = 1):
         self.spec, self.tokenizer, self.rank, self.world_size = spec, tokenizer, rank, world_size
@@ -151,14 +158,19 @@ class PretrainData(IterableDataset):
         return collate_rows(rows, self.pad_id, pad_to)
 
     def report(self, worker_states: list[dict]) -> dict:
-        """Tokens, share and epochs per source, summed over the given worker states."""
-        totals: dict[str, dict[str, float]] = {}
+        """Tokens, share, epochs and `count_keys` per source, summed over the given worker states (the first
+        bad record a chain reports as `first_bad` too)."""
+        totals: dict[str, dict] = {}
         chain = self.chain_class(self.spec, self.tokenizer, 0, 1)
         for state in worker_states:
             for name, row in chain.report(state).items():
                 acc = totals.setdefault(name, {"tokens": 0, "epochs": 0.0})
                 acc["tokens"] += row["tokens"]
                 acc["epochs"] = max(acc["epochs"], row["epochs"])
+                for key in self.count_keys:
+                    acc[key] = acc.get(key, 0) + row[key]
+                if "first_bad" in row:
+                    acc.setdefault("first_bad", row["first_bad"])
         grand = max(1, sum(r["tokens"] for r in totals.values()))
         for row in totals.values():
             row["share"] = row["tokens"] / grand

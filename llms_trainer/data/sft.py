@@ -37,7 +37,7 @@ from .packing import IGNORE_INDEX, best_fit_decreasing, collate_packed, collate_
 from .pipeline import PretrainData, ResumableLoader
 from .records import read_chat
 from .shards import ShardError, ShardInfo
-from .stream import SourceStream
+from .stream import BadRecordError, SourceStream
 
 BAD_RECORD_POLICIES = ("error", "skip")
 COUNTS = ("conversations", "truncated", "dropped", "bad_records")
@@ -47,10 +47,6 @@ _SLOT = re.compile("\x00(\\d+)\x00")  # a content placeholder in the rendered fo
 
 class ChatTokenizerError(ValueError):
     """A tokenizer that cannot encode the chat format (the message says how to fix it)."""
-
-
-class BadRecordError(ShardError):
-    """An SFT record that is not a usable conversation (message: SHARD:LINE: reason)."""
 
 
 @dataclass(slots=True)
@@ -175,8 +171,8 @@ class ChatSource(TokenizedSource):
 
     def __init__(self, stream: SourceStream, encoder: ChatEncoder, on_bad_record: str = "error",
                  batch_docs: int = 64):
-        super().__init__(stream, read_chat, encoder.encode_texts, batch_docs)
-        self.encoder, self.on_bad_record = encoder, on_bad_record
+        super().__init__(stream, read_chat, encoder.encode_texts, batch_docs, on_bad_record)
+        self.encoder = encoder
         self.counts: dict = dict.fromkeys(COUNTS, 0)
 
     def state_dict(self) -> dict:
@@ -187,9 +183,9 @@ class ChatSource(TokenizedSource):
         super().load_state_dict(state)
         self.counts = {**dict.fromkeys(COUNTS, 0), **state.get("counts", {})}
 
-    def _read(self, record: dict) -> list[dict] | str:
+    def _read(self, record: dict | str) -> list[dict] | str:
         """The record's turns, or "SHARD:LINE: reason" for a bad record (raised under on_bad_record=error)."""
-        turns = read_chat(record)
+        turns = record if isinstance(record, str) else read_chat(record)
         if isinstance(turns, list) and any(_SENTINEL in t["content"] for t in turns):
             turns = "contains the character U+F0000, reserved by the SFT encoder"
         if isinstance(turns, list):
@@ -340,6 +336,7 @@ class SFTData(PretrainData):
     padded `{"input_ids", "labels", "attention_mask", "state"}`; call the model with `packing.model_inputs`."""
 
     chain_class = SFTChain
+    count_keys = COUNTS
 
     def rows(self, chain: SFTChain) -> Iterator[list[Sample]]:
         return iter(chain.packer)
@@ -354,18 +351,6 @@ class SFTData(PretrainData):
         samples = [row[0] for row in rows]
         return collate_rows([s.ids for s in samples], self.pad_id, self.spec.seq_length if self.spec.pad_to_max
                             else None, labels=[s.labels for s in samples])
-
-    def report(self, worker_states: list[dict]) -> dict:
-        """Tokens, share, epochs and COUNTS per source (first bad record too), over the given worker states."""
-        totals = super().report(worker_states)
-        chain = self.chain_class(self.spec, self.tokenizer, 0, 1)
-        for state in worker_states:
-            for name, row in chain.report(state).items():
-                for key in COUNTS:
-                    totals[name][key] = totals[name].get(key, 0) + row[key]
-                if "first_bad" in row:
-                    totals[name].setdefault("first_bad", row["first_bad"])
-        return totals
 
 
 def build_sft_loader(spec: SFTSpec, tokenizer, rank: int = 0, world_size: int = 1, num_workers: int = 0,
