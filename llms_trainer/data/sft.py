@@ -12,6 +12,14 @@ Truncation to `seq_length`: the earliest user→assistant pairs are dropped (a s
 conversation fits; if the system turn and the last pair still do not fit, the row is cut at `seq_length`
 (kept tokens keep their labels). A conversation left without a trained token is dropped and counted.
 
+Huge messages. A content longer than `max_content_chars` = 2 × seq_length × (characters of the longest
+token of the vocabulary; special tokens left out, they stay text in contents) is cut to that many characters
+before it is encoded, so a 5 MB message costs what a message of that length does. A token covers at most
+that many characters, so the cut text still holds at least 2 × seq_length tokens: the conversation could not
+fit either way, and every token a row can keep lies at least seq_length tokens before the cut, so the ids kept
+equal those of the whole text. (Should a tokenizer's normalizer shrink text so that the cut holds fewer
+tokens, the whole content is encoded instead.)
+
 Rows. With `pack`, `pack_buffer_conversations` conversations at a time are grouped into rows of
 `seq_length` by best-fit-decreasing; in a row each conversation's positions restart at 0 and conversations
 never attend to each other (`packing.collate_packed`, `packing.model_inputs`). Without `pack`, a row is one
@@ -83,6 +91,7 @@ class ChatEncoder:
         self.text_tokenizer.add_tokens([AddedToken(_SENTINEL, special=False, normalized=False)])
         self.text_tokenizer.encode_special_tokens = True  # special-token text inside contents stays text
         self._check_chat_tokens(tokenizer, where)
+        self.max_content_chars = 2 * seq_length * self._longest_token_chars()  # module doc: "Huge messages"
         self._format_cache: dict[str, list[int]] = {}
         self._plans: dict[tuple[str, ...], list[tuple[list[int] | int, bool]]] = {}
 
@@ -99,10 +108,25 @@ class ChatEncoder:
             if as_format != [vocab[token]] or self.encode_texts([token])[0] == [vocab[token]]:
                 raise ChatTokenizerError(f"{where}: {token} is not a special token of the tokenizer; {fix}")
 
+    def _longest_token_chars(self) -> int:
+        """Characters of the longest token a content can be encoded to (special tokens stay text in contents)."""
+        added = [t.content for t in self.text_tokenizer.get_added_tokens_decoder().values() if not t.special]
+        return max(map(len, [*self.text_tokenizer.get_vocab(with_added_tokens=False), *added]))
+
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         """Ids of message contents, each a continuation after a special token, special-token text kept text."""
         encodings = self.text_tokenizer.encode_batch([_SENTINEL + t for t in texts], add_special_tokens=False)
         return [e.ids[1:] for e in encodings]
+
+    def encode_contents(self, texts: list[str]) -> list[list[int]]:
+        """`encode_texts` for contents that will be truncated to `seq_length`: a content longer than
+        `max_content_chars` is cut to it first (module doc, "Huge messages")."""
+        limit = self.max_content_chars
+        ids = self.encode_texts([text[:limit] for text in texts])
+        for index, text in enumerate(texts):
+            if len(text) > limit and len(ids[index]) < 2 * self.seq_length:  # a normalizer shrank the text
+                ids[index] = self.encode_texts([text])[0]
+        return ids
 
     def _format_ids(self, text: str) -> list[int]:
         if text not in self._format_cache:  # encoded behind END_TOKEN: a continuation, like the contents
@@ -158,7 +182,7 @@ class ChatEncoder:
     def encode(self, conversations: list[list[dict]]) -> list[Sample | None]:
         """One `Sample` per conversation (turns as `records.read_chat` gives them), None when dropped."""
         texts = [turn["content"] for turns in conversations for turn in turns]
-        flat = iter(self.encode_texts(texts))
+        flat = iter(self.encode_contents(texts))
         return [self._fit(tuple(t["role"] for t in turns), [next(flat) for _ in turns]) for turns in conversations]
 
 
