@@ -21,9 +21,7 @@ import yaml
 
 from llms_trainer.commands.compress import main as compress
 from llms_trainer.data.shards import dump_record, read_manifest, write_source
-from llms_trainer.train import checkpoint as ckpt
-from llms_trainer.train.run import run
-from tests.faults.support import file_hashes, logged, one_error_line, steps
+from tests.faults.support import logged, one_error_line, steps, stops_then_skip_resumes_exactly
 from tests.faults.test_stage_data_faults import (  # noqa: F401 (fixtures)
     STAGES,
     chat_model_config,
@@ -34,7 +32,6 @@ from tests.faults.test_stage_data_faults import (  # noqa: F401 (fixtures)
     work_files,
 )
 from tests.helpers import text_records, write_jsonl
-from tests.train.conftest import RecordingLogger
 from tests.train.reward_support import preference_records, reward_config
 from tests.train.rl_support import write_prompts
 from train_llms import main as train_llms
@@ -107,70 +104,32 @@ def test_sft_shard_records_stop_the_run_at_their_line_and_skip_resumes_exactly(
     write_source(lines, tmp_path / "shards", "chats", shard_records=None, shard_bytes=None)
     shard = tmp_path / "shards" / "chats" / "part-00001.jsonl.zst"
     config = sft_config(tmp_path, chat_tokenizer_dir, shard.parent, "run")
-    args = ["--train_config", str(config), "--model_config", str(chat_model_config)]
-    assert train_llms(args) == 2
-    assert one_error_line(capsys.readouterr().err) == (
+    stops_then_skip_resumes_exactly(
+        config, chat_model_config,
         f"error: {shard}:70: bad SFT record: {SURROGATE_PROBLEM}. Fix the record (data/compress_data.py --mode sft "
-        "checks every line) or set data.on_bad_record: skip")
-    work = tmp_path / "run"
-    assert steps(work) == [8, 16] and not ckpt.leftover_dirs(work)
-    kept = file_hashes(work / "checkpoint-16")
-
-    assert train_llms([*args, "data.on_bad_record=skip"]) == 0  # resumes from checkpoint-16
-    assert f"resumed from {work / 'checkpoint-16'} at step 16" in capsys.readouterr().out
-    assert file_hashes(work / "checkpoint-16") == kept
-    full = run(config, ["data.on_bad_record=skip", f"work_dir={tmp_path / 'full'}"], str(chat_model_config),
-               logger=RecordingLogger())
-    losses = logged(work, "train/loss")
-    assert sorted(losses) == list(range(1, 25))
-    for step, loss in losses.items():
-        assert loss == pytest.approx(full.losses[step], abs=1e-6), step
-    assert logged(work, "data/chats/bad_records")[24] == 2
-
-
-def pretrain_config(tmp_path: Path, tokenizer_dir: Path, shards: Path, name: str) -> Path:
-    """12 steps of 2 rows of 32 tokens from one source read in file order; a checkpoint every 4 steps."""
-    cfg = {"data": {"mode": "pretrain", "data": {"docs": str(shards)}, "seq_length": 32,
-                    "shuffle_buffer_records": 1, "tokenizer_path": str(tokenizer_dir)},
-           "train": {"train_batch_size": 2, "num_training_steps": 12, "num_warmup_steps": 1, "lr": 5e-3,
-                     "min_lr": 5e-4, "ckpt": None, "seed": 7, "mixed_precision": "no"},
-           "log_interval": 1, "eval_interval": 1000, "save_interval": 4, "work_dir": str(tmp_path / name)}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        "checks every line) or set data.on_bad_record: skip", [8, 16], 24, "chats", capsys)
+    assert logged(tmp_path / "run", "data/chats/bad_records")[24] == 2
 
 
 def test_pretraining_shard_records_stop_the_run_at_their_line_and_skip_resumes_exactly(
         tmp_path, tiny_tokenizer_dir, deterministic_model_config_file, capsys):
-    records = [{"text": f"doc {i}"} for i in range(200)]  # about 5 tokens each, BOS and EOS included
-    lines = [dump_record(r) for r in records]
+    lines = [dump_record({"text": f"doc {i}"}) for i in range(200)]  # about 5 tokens each, BOS and EOS included
     lines[69] = deep({}, "text")
-    lines[74] = surrogate(records[74], "text")
+    lines[74] = surrogate({}, "text")
     # tokenized 64 records at a time: these two are met when step 9 needs the second batch of documents
     write_source(lines, tmp_path / "shards", "docs", shard_records=None, shard_bytes=None)
     shard = tmp_path / "shards" / "docs" / "part-00001.jsonl.zst"
-    config = pretrain_config(tmp_path, tiny_tokenizer_dir, shard.parent, "run")
-    args = ["--train_config", str(config), "--model_config", str(deterministic_model_config_file)]
-    assert train_llms(args) == 2
-    assert one_error_line(capsys.readouterr().err) == (
-        f"error: {shard}:70: bad record: {DEEP_PROBLEM}. Fix the record or set data.on_bad_record: skip")
-    work = tmp_path / "run"
-    assert steps(work) == [4, 8] and not ckpt.leftover_dirs(work)
-    kept = file_hashes(work / "checkpoint-8")
-
-    assert train_llms([*args, "data.on_bad_record=skip"]) == 0
-    assert f"resumed from {work / 'checkpoint-8'} at step 8" in capsys.readouterr().out
-    assert file_hashes(work / "checkpoint-8") == kept
-    logger = RecordingLogger()
-    full = run(config, ["data.on_bad_record=skip", f"work_dir={tmp_path / 'full'}"],
-               str(deterministic_model_config_file), logger=logger)
-    losses = logged(work, "train/loss")
-    assert sorted(losses) == list(range(1, 13))
-    for step, loss in losses.items():
-        assert loss == pytest.approx(full.losses[step], abs=1e-6), step
-    assert logged(work, "data/docs/bad_records")[12] == 2
-    key = "data/docs/bad_records"
-    assert logged(work, key) == {step: row[key] for step, row in logger.rows if key in row}
+    config = sft_config(tmp_path, tiny_tokenizer_dir, shard.parent, "run")  # made a pretraining run:
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"].update(mode="pretrain", data={"docs": str(shard.parent)}, seq_length=32, concat_multiple_sequence=True)
+    cfg["train"].update(train_batch_size=2, num_training_steps=12, lr=5e-3, min_lr=5e-4, num_warmup_steps=1)
+    cfg["save_interval"] = 4  # 12 steps of 2 rows of 32 tokens, read in file order
+    config.write_text(yaml.safe_dump(cfg))
+    stops_then_skip_resumes_exactly(
+        config, deterministic_model_config_file,
+        f"error: {shard}:70: bad record: {DEEP_PROBLEM}. Fix the record or set data.on_bad_record: skip", [4, 8], 12,
+        "docs", capsys)
+    assert logged(tmp_path / "run", "data/docs/bad_records")[12] == 2
 
 
 # ---------------------------------------------------------------- reward, DPO, GRPO files; eval files
@@ -220,3 +179,13 @@ def test_eval_file_nested_too_deep_names_its_line(write_config, model_config_fil
     error = one_error_line(capsys.readouterr().err)
     assert error.startswith("error: ") and error.endswith(f"key eval: {nll}:4: {DEEP_PROBLEM}; fix or remove the line")
     assert not steps(tmp_path / "run")
+
+
+@pytest.mark.parametrize("bad, problem", [(DEEP, DEEP_PROBLEM), (surrogate({}, "text"), SURROGATE_PROBLEM)])
+def test_train_tokenizer_names_the_line(tmp_path, bad, problem):
+    raw = write_jsonl(tmp_path / "raw.jsonl", [json.dumps(r) for r in text_records(20)] + [bad])
+    done = subprocess.run([sys.executable, str(ROOT / "utils" / "train_tokenizer.py"), "--data", str(raw),
+                           "--vocab-size", "300", "--output", str(tmp_path / "sp")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not list(tmp_path.glob("sp*"))
+    assert one_error_line(done.stderr) == f"error: {raw}:21: {problem}; fix or remove the line"
