@@ -21,7 +21,8 @@ import yaml
 
 from llms_trainer.commands.compress import main as compress
 from llms_trainer.data.shards import dump_record, read_manifest, write_source
-from tests.faults.support import logged, one_error_line, steps, stops_then_skip_resumes_exactly
+from llms_trainer.train import checkpoint as ckpt
+from tests.faults.support import file_hashes, logged, one_error_line, steps, stops_then_skip_resumes_exactly
 from tests.faults.test_stage_data_faults import (  # noqa: F401 (fixtures)
     STAGES,
     chat_model_config,
@@ -189,3 +190,41 @@ def test_train_tokenizer_names_the_line(tmp_path, bad, problem):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and not list(tmp_path.glob("sp*"))
     assert one_error_line(done.stderr) == f"error: {raw}:21: {problem}; fix or remove the line"
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_bad_record_only_rank_1_reads_under_ddp(tmp_path, tiny_tokenizer_dir, deterministic_model_config_file):
+    """2-process DDP: only rank 1 meets a 100,000-deep record, mid-run. The launch ends with rank 1's error line
+    (exit 2; it used to exit 0 with no message, as only rank 0 handed errors to the launcher) and the checkpoints
+    stay; with skip it resumes and logs the losses of an uninterrupted skipping launch."""
+    from tests.faults.test_launch_faults import assert_one_error_line, launched
+
+    lines = [dump_record({"text": f"doc {i}"}) for i in range(400)]
+    lines[139] = deep({}, "text")  # position 139: dealt to unit 1 of 2 (rank 1), its 70th record
+    write_source(lines, tmp_path / "shards", "docs", shard_records=None, shard_bytes=None)
+    shard = tmp_path / "shards" / "docs" / "part-00001.jsonl.zst"
+    config = sft_config(tmp_path, tiny_tokenizer_dir, shard.parent, "run")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"].update(mode="pretrain", data={"docs": str(shard.parent)}, seq_length=32, concat_multiple_sequence=True)
+    cfg["train"].update(train_batch_size=2, num_training_steps=10, lr=5e-3, min_lr=5e-4, num_warmup_steps=1)
+    cfg["save_interval"] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    proc = launched(config, deterministic_model_config_file)
+    assert_one_error_line(proc, 2, rf"^error: {shard}:140: bad record: {DEEP_PROBLEM}\. Fix the record or set "
+                                   r"data\.on_bad_record: skip$")
+    work = tmp_path / "run"
+    kept = steps(work)
+    assert kept and not ckpt.leftover_dirs(work)
+    before = file_hashes(work / f"checkpoint-{kept[-1]}")
+    resumed = launched(config, deterministic_model_config_file, "data.on_bad_record=skip")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"at step {kept[-1]}" in resumed.stdout and file_hashes(work / f"checkpoint-{kept[-1]}") == before
+    full = launched(config, deterministic_model_config_file, "data.on_bad_record=skip", f"work_dir={work}-full")
+    assert full.returncode == 0, full.stderr[-4000:]
+    losses, reference = logged(work, "train/loss"), logged(Path(f"{work}-full"), "train/loss")
+    assert sorted(losses) == list(range(1, 11))
+    for step, loss in losses.items():
+        assert loss == pytest.approx(reference[step], abs=1e-6), step
+    key = "data/docs/bad_records"  # rank 0's count, as every data metric: equal to the uninterrupted launch
+    assert logged(work, key) == logged(Path(f"{work}-full"), key)
