@@ -194,8 +194,10 @@ def test_train_tokenizer_names_the_line(tmp_path, bad, problem):
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_a_bad_record_only_rank_1_reads_under_ddp(tmp_path, tiny_tokenizer_dir, deterministic_model_config_file):
-    """2-process DDP: only rank 1 meets a 100,000-deep record, mid-run. The launch ends with rank 1's error line
+@pytest.mark.parametrize("acc", ["cpu_ddp.yaml", "ds_stage2_cpu.yaml"])
+def test_a_bad_record_only_rank_1_reads_under_two_processes(acc, tmp_path, tiny_tokenizer_dir,
+                                                            deterministic_model_config_file):
+    """2 processes (DDP, ZeRO-2): only rank 1 meets a 100,000-deep record, mid-run. The launch ends with rank 1's error line
     (exit 2; it used to exit 0 with no message, as only rank 0 handed errors to the launcher) and the checkpoints
     stay; with skip it resumes and logs the losses of an uninterrupted skipping launch."""
     from tests.faults.test_launch_faults import assert_one_error_line, launched
@@ -210,17 +212,18 @@ def test_a_bad_record_only_rank_1_reads_under_ddp(tmp_path, tiny_tokenizer_dir, 
     cfg["train"].update(train_batch_size=2, num_training_steps=10, lr=5e-3, min_lr=5e-4, num_warmup_steps=1)
     cfg["save_interval"] = 2
     config.write_text(yaml.safe_dump(cfg))
-    proc = launched(config, deterministic_model_config_file)
+    proc = launched(config, deterministic_model_config_file, acc=acc)
     assert_one_error_line(proc, 2, rf"^error: {shard}:140: bad record: {DEEP_PROBLEM}\. Fix the record or set "
                                    r"data\.on_bad_record: skip$")
     work = tmp_path / "run"
     kept = steps(work)
     assert kept and not ckpt.leftover_dirs(work)
     before = file_hashes(work / f"checkpoint-{kept[-1]}")
-    resumed = launched(config, deterministic_model_config_file, "data.on_bad_record=skip")
+    resumed = launched(config, deterministic_model_config_file, "data.on_bad_record=skip", acc=acc)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"at step {kept[-1]}" in resumed.stdout and file_hashes(work / f"checkpoint-{kept[-1]}") == before
-    full = launched(config, deterministic_model_config_file, "data.on_bad_record=skip", f"work_dir={work}-full")
+    full = launched(config, deterministic_model_config_file, "data.on_bad_record=skip", f"work_dir={work}-full",
+                    acc=acc)
     assert full.returncode == 0, full.stderr[-4000:]
     losses, reference = logged(work, "train/loss"), logged(Path(f"{work}-full"), "train/loss")
     assert sorted(losses) == list(range(1, 11))
