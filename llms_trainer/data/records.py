@@ -214,7 +214,7 @@ def load_json_line(text: str) -> object:
         value = json.loads(text)
     except RecursionError:  # only for text that is not JSON anyway: _too_deep bounds valid JSON
         raise UnusableJSON(f"nested deeper than {MAX_JSON_DEPTH} levels of arrays/objects") from None
-    if _SURROGATE_ESCAPE.search(text) and (char := _lone_surrogate(value)):
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and (char := _lone_surrogate(value)):
         raise UnusableJSON(f"a lone surrogate escape \\u{ord(char):04x} (not Unicode text: it cannot be "
                            "encoded as UTF-8 or tokenized)")
     return value
