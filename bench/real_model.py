@@ -20,8 +20,12 @@ is the median over the steps after `--warmup` of the per-step ratios. (A bare lo
 as train_loop.py pairs, would count in that side's RSS.) One torch thread per side by default: this 2-core
 machine is shared, and two OpenMP threads under load ran slower than one (21 s vs 10 s per step).
 Prints `name: ours X, baseline Y, ratio Z`.
+On a GPU (`--device cuda`, or `auto` when one is visible) every side trains there, `--precision bf16` is
+autocast with fp32 master weights on both sides, steps are timed after a device synchronise, peak memory is
+the device's (`torch.cuda.max_memory_allocated`), and ours also prints model FLOP utilisation (6·N + 12·layers·
+hidden·seq FLOPs per token against the card's dense bf16 peak, as the engine logs it).
 Usage: python bench/real_model.py [--quick] [--batch-size 2] [--steps 8] [--warmup 1] [--threads 1]
-                                  [--gradient-checkpointing] [--no-compile]
+                                  [--gradient-checkpointing] [--no-compile] [--device auto] [--precision no]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -41,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from train_loop import ListLoader  # noqa: E402  (bench/ is this script's directory)
+
+from llms_trainer.train.engine import PEAK_BF16_FLOPS  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "real_model"
 TOKENIZER = ROOT / "configs" / "tokenizers" / "demo_base"
@@ -62,6 +69,14 @@ def fresh_model():
     return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).float()
 
 
+def on_cuda() -> bool:
+    return torch.cuda.is_available()  # --device cpu hides the GPUs from every side (CUDA_VISIBLE_DEVICES)
+
+
+def peak_device_mb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if on_cuda() else 0.0
+
+
 def run_config(train: dict):
     """A RunConfig for the engine pieces (no data files are read: the rows are pre-built)."""
     from llms_trainer.config import RunConfig
@@ -69,7 +84,7 @@ def run_config(train: dict):
     return RunConfig.model_validate({
         "data": {"data": {"samples": str(OUT / "shards")}, "seq_length": SEQ_LENGTH, "tokenizer_path": str(TOKENIZER)},
         "train": {"lr": LR, "min_lr": LR / 10, "weight_decay": WEIGHT_DECAY, "num_warmup_steps": WARMUP_STEPS,
-                  "max_grad_norm": 1.0, "mixed_precision": "no", **train},
+                  "max_grad_norm": 1.0, "mixed_precision": os.environ.get("BENCH_PRECISION", "no"), **train},
         "work_dir": str(OUT / "work")})
 
 
@@ -119,7 +134,8 @@ def side_ours(batches: list[dict], compile_layers: bool, checkpointing: bool, tu
             engine.optimizer_step(run, model, micro, float(run.count_items(micro[0])), accelerator, prepared,
                                   trainable, cfg.train.max_grad_norm, step, None)
             engine.set_schedule_step(scheduler, step + 1)
-    return {"peak_rss_mb": peak_rss_mb(), "loss_chunk_tokens": cfg.train.loss_chunk_tokens}
+    return {"peak_rss_mb": peak_rss_mb(), "peak_device_mb": peak_device_mb(),
+            "loss_chunk_tokens": cfg.train.loss_chunk_tokens, "flops_per_token": engine.flops_per_token(model)}
 
 
 def side_trainer(batches: list[dict], checkpointing: bool, turn) -> dict:
@@ -127,7 +143,7 @@ def side_trainer(batches: list[dict], checkpointing: bool, turn) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["input_ids"]))]
-    peak = [0.0]
+    peak = [0.0, 0.0]
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -137,16 +153,19 @@ def side_trainer(batches: list[dict], checkpointing: bool, turn) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.step.__exit__(None, None, None)
             peak[0] = peak_rss_mb()
+            peak[1] = peak_device_mb()
 
     args = TrainingArguments(
         output_dir=str(OUT / "hf_trainer"), max_steps=len(batches), per_device_train_batch_size=len(batches[0]["input_ids"]),
         learning_rate=LR, adam_beta1=0.9, adam_beta2=0.95, weight_decay=WEIGHT_DECAY, max_grad_norm=1.0,
         optim="adamw_torch_fused", lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": LR / 10},
-        warmup_steps=WARMUP_STEPS, logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
-        dataloader_num_workers=0, disable_tqdm=True, seed=0, activation_checkpointing=checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False})
+        warmup_steps=WARMUP_STEPS, logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=not on_cuda(),
+        bf16=os.environ.get("BENCH_PRECISION") == "bf16",
+        dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        **({"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
+           if checkpointing else {}))  # older transformers (GPU image: 5.17) lack these arguments
     Trainer(model=fresh_model(), args=args, train_dataset=rows, callbacks=[Clock()]).train()
-    return {"peak_rss_mb": peak[0]}
+    return {"peak_rss_mb": peak[0], "peak_device_mb": peak[1]}
 
 
 def side(name: str, rows: Path, threads: int, checkpointing: bool, conn) -> None:
@@ -157,8 +176,12 @@ def side(name: str, rows: Path, threads: int, checkpointing: bool, conn) -> None
     @contextmanager
     def turn():
         conn.recv()
+        if on_cuda():
+            torch.cuda.synchronize()
         started = time.perf_counter()
         yield
+        if on_cuda():
+            torch.cuda.synchronize()
         conn.send(time.perf_counter() - started)
 
     result = (side_trainer(batches, checkpointing, turn) if name == "trainer"
@@ -198,7 +221,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (every side)")
     parser.add_argument("--no-compile", action="store_true", help="leave out (c), the compiled side")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where every side trains")
+    parser.add_argument("--precision", choices=("no", "bf16"), default="no", help="autocast on every side")
     args = parser.parse_args()
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # inherited by the sides' processes
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is visible")
+    os.environ["BENCH_PRECISION"] = args.precision
     if args.quick:
         args.batch_size, args.steps, args.warmup = 1, 2, 1
     if args.steps <= args.warmup:
@@ -217,13 +247,25 @@ def main() -> None:
     tokens = args.batch_size * SEQ_LENGTH
     rate = {name: tokens / statistics.median(s) for name, s in timed.items()}
     chunk = results["ours"]["loss_chunk_tokens"]
-    setting = (f"batch {args.batch_size}x{SEQ_LENGTH}, loss_chunk_tokens {chunk}, {args.threads} thread(s)"
+    where = (f"{torch.cuda.get_device_name()}, precision {args.precision}" if torch.cuda.is_available()
+             else f"cpu, {args.threads} thread(s)")
+    setting = (f"batch {args.batch_size}x{SEQ_LENGTH}, loss_chunk_tokens {chunk}, {where}"
                + (", gradient checkpointing" if args.gradient_checkpointing else ""))
     print(f"real_model_vs_hf_trainer (tokens/s, {setting}): ours {rate['ours']:.1f}, baseline {rate['trainer']:.1f}, "
           f"ratio {paired('ours', 'trainer'):.3f}", flush=True)
     rss_ours, rss_trainer = results["ours"]["peak_rss_mb"], results["trainer"]["peak_rss_mb"]
     print(f"real_model_peak_rss_vs_hf_trainer (MB, {setting}): ours {rss_ours:.0f}, baseline {rss_trainer:.0f}, "
           f"ratio {rss_ours / rss_trainer:.3f}", flush=True)
+    if torch.cuda.is_available():
+        dev_ours, dev_trainer = results["ours"]["peak_device_mb"], results["trainer"]["peak_device_mb"]
+        print(f"real_model_peak_gpu_memory_vs_hf_trainer (MB, {setting}): ours {dev_ours:.0f}, "
+              f"baseline {dev_trainer:.0f}, ratio {dev_ours / dev_trainer:.3f}", flush=True)
+        per_token, per_token_seq = results["ours"]["flops_per_token"]
+        achieved = rate["ours"] * (per_token + per_token_seq * SEQ_LENGTH)
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        print(f"real_model_ours_model_flops ({name}, {setting}): {achieved / 1e12:.1f} TFLOP/s"
+              + (f", MFU {achieved / peak:.3f} of {peak / 1e12:.0f} dense bf16" if peak else ""), flush=True)
     if (ROOT / "llms_trainer" / "data" / "sft.py").is_file():
         print("sft_packing_vs_hf_dynamic_padding: not measured here yet (bench/real_model.py has no SFT side)")
     else:

@@ -11,7 +11,8 @@ Paired timing (this machine is shared, so load drifts): one step of the bare loo
 steps of the contender (ours or HF Trainer), and each side is timed on its own steps only; throughput is the
 median step after `--warmup` (start-up, final checkpoint and plots excluded). HF Trainer is compared with
 ours through the bare steps paired with each. Each contender runs `--repeats` times; the fastest counts.
-Prints `name: ours X, baseline Y, ratio Z`.
+Prints `name: ours X, baseline Y, ratio Z`. Where a GPU is visible every side trains on it (fp32), and the
+bare loop synchronises the device before each of its marks, so a contender's queued kernels count as its own.
 Usage: python bench/train_loop.py [--steps 40] [--warmup 5] [--repeats 2] [--resume-steps 500]
 Data: the bundled samples (data/shuffled_data/pretrain/*.jsonl), sharded into bench/out/train_loop/.
 """
@@ -108,6 +109,11 @@ def timed_stage(before_forward, loader=None) -> Stage:
     return dataclasses.replace(pretrain.STAGE, build_train_data=build, build_evals=lambda *a: [], start=start)
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def fresh_model(seed: int = 42):
     from transformers import AutoModelForCausalLM
 
@@ -124,11 +130,13 @@ class PairedBareLoop:
     """
 
     def __init__(self, batches: list[dict]):
-        self.batches, self.marks = batches, []
-        self.model = fresh_model().train()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.batches, self.marks = [{k: v.to(device) for k, v in b.items()} for b in batches], []
+        self.model = fresh_model().to(device).train()
         self.optimizer = engine.make_optimizer(self.model, LR, 0.1)
 
     def mark(self) -> None:
+        sync()
         start = time.perf_counter()
         batch = self.batches[len(self.marks) % len(self.batches)]
         loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -137,6 +145,7 @@ class PairedBareLoop:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        sync()
         self.marks.append((start, time.perf_counter()))
 
     def medians(self, warmup: int) -> tuple[float, float]:
@@ -174,7 +183,7 @@ def hf_trainer(batches: list[dict], warmup: int) -> tuple[float, float]:
         output_dir=str(OUT / "hf_trainer"), max_steps=len(batches), per_device_train_batch_size=MICRO_BATCH,
         learning_rate=LR, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, max_grad_norm=1.0,
         lr_scheduler_type="cosine", warmup_steps=2, logging_steps=10, save_strategy="no", report_to=[],
-        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=42)
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True, seed=42)
     Trainer(model=fresh_model(), args=args, train_dataset=rows, callbacks=[Pair()]).train()
     reset_accelerate()
     return bare.medians(warmup)

@@ -266,6 +266,9 @@ class GRPOConfig(Section):
     reward_funcs: list[RewardFunction] = Field(default_factory=list, description="Python rewards [{name: "
                                                "'module:function' or 'file.py:function', weight}], each called "
                                                "as f(prompts, completions, **columns) -> list of floats")
+    reward_timeout_s: float | None = Field(600.0, gt=0, description="seconds a reward function may take per call "
+                                           "(all this process's completions of a rollout) before the run stops "
+                                           "with an error; null: no limit, called on the main thread")
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="advantage = reward - group mean, divided by the group std | the batch std | nothing")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(

@@ -152,6 +152,8 @@ DESCRIPTIONS_ZH: dict[str, str] = {
     "grpo.reward_funcs": (
         "Python 奖励函数 [{name: 'module:function' 或 'file.py:function', weight}]，每个都以 f(prompts, "
         "completions, **columns) -> 浮点数列表 的形式调用"),
+    "grpo.reward_timeout_s": (
+        "奖励函数每次调用（本进程一次 rollout 的全部补全）允许的秒数，超时则运行以错误停止；null：不限时，在主线程中调用"),
     "grpo.scale_rewards": "优势 = 奖励 - 组均值，再除以组标准差 | 批标准差 | 不除",
     "grpo.loss_type": (
         "grpo：token 损失先在每个序列内平均，再在序列间平均 | dr_grpo：求和后除以 序列数 × max_new_tokens "

@@ -3,7 +3,8 @@
 `tempfile.mkdtemp` / `mkstemp` create 0700 directories and 0600 files: fine for private scratch space, wrong
 for outputs that are renamed into place, which then stay unreadable to other users (a shared filesystem for
 a multi-node run, a teammate reading the shards). These helpers create their temporaries with the ordinary
-modes (0777 / 0666 minus the umask), exactly as `mkdir` and `open` would.
+modes (0777 / 0666 minus the umask), exactly as `mkdir` and `open` would, and `follow_umask` gives weights
+written by safetensors (always 0600) the same mode.
 """
 
 from __future__ import annotations
@@ -55,6 +56,24 @@ def atomic_write(target: str | Path, data: bytes | str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Give every `*.safetensors` file under `folder` the mode 0666 minus the umask, as its siblings have.
+
+    safetensors creates its files 0600 whatever the umask, so weights written by `save_pretrained` would be
+    the one file of a checkpoint other users cannot read. Call before the folder is renamed into place.
+    """
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*.safetensors"):
+        os.chmod(path, mode)
 
 
 def replace_dir(new: str | Path, final: str | Path) -> Path:

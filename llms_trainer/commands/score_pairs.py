@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from llms_trainer.data.pairs import PairDataError, read_pairs
     from llms_trainer.evaluation.reward_accuracy import score_pairs
-    from llms_trainer.model.load import ModelLoadError, load_tokenizer
+    from llms_trainer.model.load import ModelLoadError, check_vocab_fits
+    from llms_trainer.train.rewards import check_reward_checkpoint
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -44,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         if not any(name.endswith("ForSequenceClassification") for name in architectures):
             raise ValueError(f"{args.checkpoint}: not a reward model ({', '.join(architectures) or 'no architecture'}"
                              "); give a checkpoint written by train_reward_model.py")
-        tokenizer = load_tokenizer(args.checkpoint, key="checkpoint")
+        tokenizer = check_reward_checkpoint(args.checkpoint, key="checkpoint")
         model = AutoModelForSequenceClassification.from_pretrained(
-            args.checkpoint, dtype=torch.float32 if device.type == "cpu" else "auto").to(device).eval()
+            args.checkpoint, dtype=torch.float32 if device.type == "cpu" else "auto", use_safetensors=True)
+        check_vocab_fits(tokenizer, model.get_input_embeddings().num_embeddings, "checkpoint", args.checkpoint)
+        model = model.to(device).eval()
         files = {path: read_pairs([path])[0] for path in args.pairs}
     except (ModelLoadError, PairDataError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -7,8 +7,9 @@ from shards written by `data/compress_data.py --mode reward` (a source directory
 run naming `file:line`, or is skipped and counted per file.
 
 Sequence = prompt and response joined by the tokenizer's chat template when it has one (the prompt as a user
-turn, the response as the assistant turn), else by plain concatenation `prompt + response`; one BOS in front,
-EOS appended. A sequence longer than `seq_length` keeps its first `seq_length - 1` tokens (the start of the
+turn, the response as the assistant turn, encoded as SFT and DPO encode conversations), else by plain
+concatenation `prompt + response`; one BOS in front, EOS appended. Prompt and response are user text: control
+tokens typed in them (`<|assistant|>`, `<|endofchat|>`, `<s>`, `</s>`) stay text. A sequence longer than `seq_length` keeps its first `seq_length - 1` tokens (the start of the
 prompt and as much response as fits) and then EOS. A pair whose two sequences come out identical (the
 responses were cut away, or were equal) is dropped and counted.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +35,10 @@ import torch
 
 from llms_trainer.evaluation.methods import dataset_files as input_files  # noqa: F401 (one reader of dataset keys)
 
+from ..tokenizer.chat import CHAT_TOKENS, UserText
 from .compress import parse_input_line
 from .records import preference_pair
+from .sft import ChatEncoder, ChatTokenizerError
 from .shards import ShardError, ShardInfo, iter_shard_lines, list_shards
 
 ENCODE_CHUNK = 512  # texts per tokenizer call
@@ -133,30 +137,73 @@ def read_pairs(entries: list[str], on_bad_record: str = "error") -> tuple[list[P
 
 # -- encoding -------------------------------------------------------------------------------------------
 
-def pair_text(tokenizer, prompt: str, response: str) -> str:
-    """Prompt + response as the model reads them: the chat template (user, assistant) or plain concatenation."""
-    if getattr(tokenizer, "chat_template", None):
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        return tokenizer.apply_chat_template(turns, tokenize=False)
-    return prompt + response
+_PROMPT_SLOT, _RESPONSE_SLOT = "\x00prompt\x00", "\x00response\x00"
+
+
+def _template_rows(tokenizer, prompts: list[str], responses: list[str]) -> list[list[int]]:
+    """Pairs through the tokenizer's own chat template (an instruct model's, not the built-in format).
+
+    The template is rendered once around two placeholders; its own text is encoded with its special tokens,
+    the prompt and response as user text between them, so typed control strings stay text here too. A BOS
+    is put in front when the template does not write one.
+    """
+    turns = [{"role": "user", "content": _PROMPT_SLOT}, {"role": "assistant", "content": _RESPONSE_SLOT}]
+    rendered = tokenizer.apply_chat_template(turns, tokenize=False)
+    if rendered.count(_PROMPT_SLOT) != 1 or rendered.count(_RESPONSE_SLOT) != 1:
+        raise PairDataError("the tokenizer's chat template changes message text (it does not render a user "
+                            "and an assistant message verbatim), so pairs cannot be encoded through it")
+    before, rest = rendered.split(_PROMPT_SLOT)
+    middle, after = rest.split(_RESPONSE_SLOT)
+    before_ids, middle_ids, after_ids = (tokenizer(part, add_special_tokens=False)["input_ids"]
+                                         for part in (before, middle, after))
+    bos = tokenizer.bos_token_id
+    if bos is not None and before_ids[:1] != [bos]:
+        before_ids = [bos] + before_ids
+    text = UserText(tokenizer.backend_tokenizer)
+    rows = []
+    for start in range(0, len(prompts), ENCODE_CHUNK):
+        prompt_ids = text.encode(prompts[start:start + ENCODE_CHUNK], continuation=True)
+        response_ids = text.encode(responses[start:start + ENCODE_CHUNK], continuation=True)
+        rows += [before_ids + p + middle_ids + r + after_ids for p, r in zip(prompt_ids, response_ids, strict=True)]
+    return rows
 
 
 def encode_sequences(tokenizer, prompts: list[str], responses: list[str], seq_length: int) -> list[list[int]]:
-    """Token ids of each (prompt, response): one BOS, at most seq_length - 1 tokens, then EOS."""
+    """Token ids of each (prompt, response): one BOS, at most seq_length - 1 tokens, then EOS.
+
+    With the built-in chat format the pair is the conversation (user prompt, assistant response) encoded as SFT
+    and DPO encode it (`ChatEncoder`); with a model's own chat template, that template around the two texts;
+    without a template, the plain text prompt + response. Either way prompt and response
+    are user text (`UserText`): `<|assistant|>`, `</s>` … typed in them stay text.
+    """
     if tokenizer.eos_token_id is None:
         raise PairDataError("the tokenizer has no EOS token; the reward model reads its score at the EOS")
     if seq_length < 2:
         raise PairDataError(f"data.seq_length must be at least 2 for a reward model, got {seq_length}")
-    bos, eos = tokenizer.bos_token_id, int(tokenizer.eos_token_id)
-    out: list[list[int]] = []
-    for start in range(0, len(prompts), ENCODE_CHUNK):
-        texts = [pair_text(tokenizer, p, r) for p, r in zip(prompts[start:start + ENCODE_CHUNK],
-                                                             responses[start:start + ENCODE_CHUNK], strict=True)]
-        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            if bos is not None and ids[:1] != [bos]:  # a chat template writes BOS itself
-                ids = [bos] + ids
-            out.append(ids[:seq_length - 1] + [eos])
-    return out
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise PairDataError("the reward model needs a fast tokenizer (a tokenizer.json); save it with "
+                            "transformers' AutoTokenizer")
+    rows: list[list[int]] = []
+    builtin = any(token in tokenizer.get_vocab() for token in CHAT_TOKENS)
+    if getattr(tokenizer, "chat_template", None) and not builtin:  # an instruct model's own template
+        rows = _template_rows(tokenizer, prompts, responses)
+    elif getattr(tokenizer, "chat_template", None):
+        try:
+            encoder = ChatEncoder(tokenizer, sys.maxsize)
+        except ChatTokenizerError as err:
+            raise PairDataError(str(err)) from None
+        for start in range(0, len(prompts), ENCODE_CHUNK):
+            chunk = zip(prompts[start:start + ENCODE_CHUNK], responses[start:start + ENCODE_CHUNK], strict=True)
+            rows += [s.ids for s in encoder.encode([[{"role": "user", "content": p},
+                                                     {"role": "assistant", "content": r}] for p, r in chunk])]
+    else:
+        bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
+        text = UserText(tokenizer.backend_tokenizer)
+        for start in range(0, len(prompts), ENCODE_CHUNK):
+            chunk = zip(prompts[start:start + ENCODE_CHUNK], responses[start:start + ENCODE_CHUNK], strict=True)
+            rows += [bos + ids for ids in text.encode([p + r for p, r in chunk])]
+    eos = int(tokenizer.eos_token_id)
+    return [ids[:seq_length - 1] + [eos] for ids in rows]
 
 
 @dataclass

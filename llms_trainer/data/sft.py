@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tokenizer.chat import ASSISTANT_TOKEN, CHAT_TOKENS, END_TOKEN, chat_segments
+from ..tokenizer.chat import ASSISTANT_TOKEN, CHAT_TOKENS, CONTINUATION, END_TOKEN, UserText, chat_segments
 from .mixing import Mixture, TokenizedSource, mixture_report
 from .packing import IGNORE_INDEX, best_fit_decreasing, collate_packed, collate_rows
 from .pipeline import PretrainData, ResumableLoader
@@ -49,7 +49,7 @@ from .stream import BadRecordError, SourceStream
 
 BAD_RECORD_POLICIES = ("error", "skip")
 COUNTS = ("conversations", "truncated", "dropped", "bad_records")
-_SENTINEL = "\U000f0000"  # private-use character: text encoded behind it is a continuation
+_SENTINEL = CONTINUATION  # a content may not hold it (see UserText)
 _SLOT = re.compile("\x00(\\d+)\x00")  # a content placeholder in the rendered format
 
 
@@ -73,7 +73,7 @@ class ChatEncoder:
     """Turn lists → `Sample`s of at most `seq_length` tokens (None when nothing is left to train)."""
 
     def __init__(self, tokenizer, seq_length: int):
-        from tokenizers import AddedToken, Tokenizer
+        from tokenizers import Tokenizer
 
         backend = getattr(tokenizer, "backend_tokenizer", None)
         where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
@@ -83,13 +83,10 @@ class ChatEncoder:
         self.seq_length = seq_length
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.format_tokenizer = Tokenizer.from_str(backend.to_str())
-        self.text_tokenizer = Tokenizer.from_str(backend.to_str())
-        for copy in (self.format_tokenizer, self.text_tokenizer):
-            copy.no_truncation()
-            copy.no_padding()
+        self.format_tokenizer.no_truncation()
+        self.format_tokenizer.no_padding()
         self.format_tokenizer.encode_special_tokens = False
-        self.text_tokenizer.add_tokens([AddedToken(_SENTINEL, special=False, normalized=False)])
-        self.text_tokenizer.encode_special_tokens = True  # special-token text inside contents stays text
+        self.user_text = UserText(backend)  # special-token text inside contents stays text
         self._check_chat_tokens(tokenizer, where)
         self.max_content_chars = 2 * seq_length * self._longest_token_chars()  # module doc: "Huge messages"
         self._format_cache: dict[str, list[int]] = {}
@@ -110,13 +107,13 @@ class ChatEncoder:
 
     def _longest_token_chars(self) -> int:
         """Characters of the longest token a content can be encoded to (special tokens stay text in contents)."""
-        added = [t.content for t in self.text_tokenizer.get_added_tokens_decoder().values() if not t.special]
-        return max(map(len, [*self.text_tokenizer.get_vocab(with_added_tokens=False), *added]))
+        backend = self.user_text.backend
+        added = [t.content for t in backend.get_added_tokens_decoder().values() if not t.special]
+        return max(map(len, [*backend.get_vocab(with_added_tokens=False), *added]))
 
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         """Ids of message contents, each a continuation after a special token, special-token text kept text."""
-        encodings = self.text_tokenizer.encode_batch([_SENTINEL + t for t in texts], add_special_tokens=False)
-        return [e.ids[1:] for e in encodings]
+        return self.user_text.encode(texts, continuation=True)
 
     def encode_contents(self, texts: list[str]) -> list[list[int]]:
         """`encode_texts` for contents that will be truncated to `seq_length`: a content longer than

@@ -37,7 +37,7 @@ class CompletionRewardEval:
                        max_new_tokens=self.cfg.grpo.max_new_tokens, stop_token_ids=self.stops,
                        batch_size=self.cfg.eval.batch_size, accelerator=acc)
         parts = rewards_agreed(rewarder, [self.prompts.prompts[i].text for i in indices], out.texts,
-                               self.prompts.column_values(indices), acc)
+                               self.prompts.column_values(indices), acc, f"{step} (eval)")
         rows = zip(out.texts, rewarder.total(parts).tolist(), parts.tolist(), out.completion_mask.sum(-1).tolist(),
                    strict=True)
         results = merge_results(gather_results(acc, [(i, row) for (i, _), row in zip(share, rows, strict=True)]))

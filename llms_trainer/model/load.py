@@ -16,6 +16,8 @@ import torch
 import yaml
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 class ModelLoadError(ValueError):
@@ -39,6 +41,31 @@ def load_tokenizer(path: str, key: str = "data.tokenizer_path"):
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{key}: cannot load a tokenizer from '{path}' ({err})") from err
     return tokenizer
+
+
+def require_safetensors(source: str | Path, key: str, auto_class: str = "AutoModelForCausalLM") -> None:
+    """ModelLoadError unless a local checkpoint directory holds safetensors weights: weights are only ever
+    loaded from safetensors (a pickle, `pytorch_model.bin`, can run code when it is read). Hub ids are left
+    to `from_pretrained(use_safetensors=True)`."""
+    path = Path(source).expanduser()
+    if not path.is_dir() or any((path / name).is_file() for name in SAFETENSORS_FILES):
+        return
+    pickled = next((name for name in PICKLE_FILES if (path / name).is_file()), None)
+    if pickled is not None:
+        raise ModelLoadError(
+            f"{key}: '{source}' holds only pickle weights ({pickled}); only safetensors weights are loaded. If "
+            f"you trust the file, convert it once: python -c \"from transformers import {auto_class} as M; "
+            f"M.from_pretrained('{source}').save_pretrained('{source}')\" (adds model.safetensors beside it)")
+
+
+def check_vocab_fits(tokenizer, rows: int, key: str, path: str | Path) -> None:
+    """ModelLoadError when the tokenizer has ids past the model's `rows` token embeddings (a frozen model
+    loaded with the tokenizer saved beside it: it would fail with an IndexError at its first batch)."""
+    if len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"{key}: the tokenizer in '{path}' has {len(tokenizer)} tokens but the model has {rows} token "
+            f"embeddings (ids from {rows} on would index past them); save the model with the tokenizer it was "
+            "trained with, or resize its embeddings to the tokenizer")
 
 
 def load_model_config(path: str | Path):
@@ -75,9 +102,11 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
     dtype = DTYPES[train.dtype]
     source, key = (weights_dir, "train.resume") if weights_dir else (train.ckpt, "train.ckpt")
     if source:
+        require_safetensors(source, key, auto_class)
         try:
             model = factory.from_pretrained(str(source), dtype=dtype, trust_remote_code=train.trust_remote_code,
-                                            attn_implementation=train.attn_implementation, **config_changes)
+                                            attn_implementation=train.attn_implementation, use_safetensors=True,
+                                            **config_changes)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{key}: cannot load a model ({auto_class}) from '{source}' ({err})") from err
     else:

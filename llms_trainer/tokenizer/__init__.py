@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llms_trainer.io import make_temp_dir
+from llms_trainer.io import follow_umask, make_temp_dir
 
 
 class TokenizerError(ValueError):
@@ -21,7 +21,7 @@ def new_output_dir(output: str | Path) -> Iterator[Path]:
     """A temporary directory beside `output` that becomes `output` when the block succeeds.
 
     Refuses an existing `output`; on any error the temporary directory is removed, so nothing half-written
-    is ever visible under the final name.
+    is ever visible under the final name. Files in it end with the modes the umask gives (`follow_umask`).
     """
     output = Path(output)
     if output.exists():
@@ -29,6 +29,7 @@ def new_output_dir(output: str | Path) -> Iterator[Path]:
     tmp = make_temp_dir(output.parent, f".{output.name}.tmp-")  # not mkdtemp: 0700 would stay on `output`
     try:
         yield tmp
+        follow_umask(tmp)
         os.replace(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

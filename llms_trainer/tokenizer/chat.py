@@ -34,6 +34,7 @@ ROLE_TOKENS = {"system": SYSTEM_TOKEN, "user": USER_TOKEN, "assistant": ASSISTAN
 CHAT_TOKENS = (SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)
 TURN_SEPARATOR = "\n"  # after END_TOKEN, not trained on
 TRAINED_ROLE = "assistant"
+CONTINUATION = "\U000f0000"  # private-use character: text encoded behind it is a continuation
 
 
 class Segment(NamedTuple):
@@ -157,3 +158,30 @@ def tokenize_segments(tokenizer, segments: list[Segment]) -> tuple[list[int], li
         ids += part
         flags += [segment.train] * len(part)
     return ids, flags
+
+
+class UserText:
+    """The one encoding rule for text users type (message contents, prompts, pair responses, completions), in
+    every stage and in reward scoring: special-token strings inside it (`<|assistant|>`, `<|endofchat|>`,
+    `<s>`, `</s>` …) are encoded as the text they spell, never as control ids.
+
+    Built from a fast tokenizer's backend (`tokenizer.backend_tokenizer`); ordinary text gets the ids the
+    tokenizer gives it. `continuation=True` encodes each text as it reads right after a special token (no
+    SentencePiece dummy prefix "▁"), by encoding it behind CONTINUATION and dropping that token.
+    """
+
+    def __init__(self, backend):
+        from tokenizers import AddedToken, Tokenizer
+
+        self.backend = Tokenizer.from_str(backend.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.backend.add_tokens([AddedToken(CONTINUATION, special=False, normalized=False)])
+        self.backend.encode_special_tokens = True
+
+    def encode(self, texts: list[str], continuation: bool = False) -> list[list[int]]:
+        """Token ids of each text (no special tokens added)."""
+        if not continuation:
+            return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        encodings = self.backend.encode_batch([CONTINUATION + t for t in texts], add_special_tokens=False)
+        return [e.ids[1:] for e in encodings]

@@ -30,6 +30,7 @@ import os
 import pickle
 import random
 import re
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from llms_trainer.io import replace_dir, zero_stage
+from llms_trainer.io import follow_umask, replace_dir, zero_stage
 from llms_trainer.tokenizer import TokenizerError
 from llms_trainer.tokenizer.save import save_tokenizer
 from llms_trainer.train.errors import CheckpointError, NonFiniteError, any_rank
@@ -169,6 +170,7 @@ def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Excepti
         else:
             unwrapped.save_pretrained(str(out), state_dict=state_dict)
         save_tokenizer(tokenizer, out)
+        follow_umask(out)
     except WRITE_ERRORS as err:
         failures.append(err)
 
@@ -204,6 +206,26 @@ def _save_trainer_state(accelerator, model, optimizer, stage_run, state: dict, o
             _write_json(out / "state.json", {**state, "num_processes": accelerator.num_processes})
         except WRITE_ERRORS as err:
             failures.append(err)
+
+
+def write_failure(err: Exception, folder: Path) -> str:
+    """What a failed write ran into, in words: the OS error's text, or for torch.save's own message (its
+    writer reports a short write as "[enforce fail at inline_container.cc] . unexpected pos …") whichever of
+    the file-size limit or a full disk explains it."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err)
+    if "unexpected pos" not in text and "inline_container" not in text:
+        return text.splitlines()[0] if text else type(err).__name__
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return (f"File too large: a trainer-state file reached the file-size limit of {limit} bytes (ulimit -f)"
+                " or the disk filled up")
+    try:
+        free = shutil.disk_usage(folder.parent).free
+    except OSError:
+        free = -1
+    return f"No space left on device: a trainer-state file could not be written whole ({free} bytes free)"
 
 
 def parameters_finite(accelerator, model) -> bool:
@@ -244,7 +266,7 @@ def save_checkpoint(accelerator, model, tokenizer, optimizer, stage_run, state: 
     if any_rank(accelerator, bool(failures)):
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
-        reason = f" ({getattr(failures[0], 'strerror', None) or failures[0]})" if failures else " (on another process)"
+        reason = f" ({write_failure(failures[0], partial)})" if failures else " (on another process)"
         error = CheckpointError(f"could not write {final}{reason}; earlier checkpoints are kept. Free disk space "
                                 "(or raise the file-size limit) and resume with train.resume=auto")
         error.agreed = True

@@ -22,8 +22,10 @@ import importlib.util
 import inspect
 import json
 import math
+import numbers
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,14 +104,16 @@ class RewardModel:
         from transformers import AutoModelForSequenceClassification
 
         from llms_trainer.model.frozen import prepare_frozen
-        from llms_trainer.model.load import DTYPES, ModelLoadError, load_tokenizer, zero3_init_as_configured
+        from llms_trainer.model.load import DTYPES, ModelLoadError, check_vocab_fits, zero3_init_as_configured
 
-        self.tokenizer = load_tokenizer(path, key="grpo.reward_model")
+        self.tokenizer = check_reward_checkpoint(path)
         try:
             with zero3_init_as_configured(accelerator):
-                model = AutoModelForSequenceClassification.from_pretrained(path, dtype=DTYPES[cfg.train.dtype])
+                model = AutoModelForSequenceClassification.from_pretrained(path, dtype=DTYPES[cfg.train.dtype],
+                                                                           use_safetensors=True)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"grpo.reward_model: cannot load a reward model from '{path}' ({err})") from err
+        check_vocab_fits(self.tokenizer, model.get_input_embeddings().num_embeddings, "grpo.reward_model", path)
         try:
             self.mean, self.std = reward_statistics(path) if normalize else (0.0, 1.0)
         except ValueError as err:
@@ -121,6 +125,52 @@ class RewardModel:
 
         scores = score_pairs(self.model, self.tokenizer, prompts, completions, batch_size=self.batch_size)
         return [(s - self.mean) / self.std for s in scores]
+
+
+def check_rewards(g, fail) -> None:
+    """The reward keys of the `grpo` section `g` at config load: at least one part, a reward checkpoint that
+    loads (`check_reward_checkpoint`) with its statistics when normalising, importable functions."""
+    from llms_trainer.model.load import ModelLoadError
+
+    if not g.reward_model and not g.reward_funcs:
+        fail("grpo.reward_funcs", "no reward: set grpo.reward_model (a checkpoint of train_reward_model.py) and/or "
+             "grpo.reward_funcs ([{name: module:function, weight: 1.0}])")
+    if g.reward_model and not (Path(g.reward_model) / "config.json").is_file():
+        fail("grpo.reward_model", f"'{g.reward_model}' is not a checkpoint directory (no config.json)")
+    if g.reward_model and g.normalize_reward_model:
+        try:
+            reward_statistics(g.reward_model)
+        except ValueError as err:
+            fail("grpo.normalize_reward_model", str(err))
+    if g.reward_model:
+        try:
+            check_reward_checkpoint(g.reward_model)
+        except ModelLoadError as err:
+            fail("grpo.reward_model", str(err).removeprefix("grpo.reward_model: "))
+    for index, entry in enumerate(g.reward_funcs):
+        try:
+            load_reward_function(entry.name)
+        except RewardFunctionError as err:
+            fail(f"grpo.reward_funcs.{index}.name", str(err))
+
+
+def check_reward_checkpoint(path: str, key: str = "grpo.reward_model"):
+    """The tokenizer of a reward checkpoint, after checking (without loading weights) that its weights are
+    safetensors and that the tokenizer's ids fit the model's token embeddings (config.json vocab_size);
+    ModelLoadError naming `key` otherwise."""
+    from transformers import AutoConfig
+
+    from llms_trainer.model.load import ModelLoadError, check_vocab_fits, load_tokenizer, require_safetensors
+
+    require_safetensors(path, key, "AutoModelForSequenceClassification")
+    tokenizer = load_tokenizer(path, key=key)
+    try:
+        rows = getattr(AutoConfig.from_pretrained(path), "vocab_size", None)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{key}: cannot read the model config in '{path}' ({err})") from err
+    if rows is not None:
+        check_vocab_fits(tokenizer, int(rows), key, path)
+    return tokenizer
 
 
 def reward_statistics(path: str) -> tuple[float, float]:
@@ -137,18 +187,21 @@ def reward_statistics(path: str) -> tuple[float, float]:
 
 
 class Rewarder:
-    """All reward parts of a run: `(prompts, completions, columns) -> [N, parts]` float32, and their weights."""
+    """All reward parts of a run: `(prompts, completions, columns, step) -> [N, parts]` float32, and their weights."""
 
     def __init__(self, reward_model: RewardModel | None, model_weight: float, functions: list[tuple[str, Callable]],
-                 weights: list[float]):
-        self.reward_model, self.functions = reward_model, functions
+                 weights: list[float], timeout_s: float | None = None):
+        self.reward_model, self.functions, self.timeout_s = reward_model, functions, timeout_s
         self.names = reward_names([spec for spec, _ in functions], reward_model is not None)
         self.weights = torch.tensor(([model_weight] if reward_model is not None else []) + list(weights))
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> torch.Tensor:
+    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list],
+                 step: int | str = "?") -> torch.Tensor:
         parts = [self.reward_model(prompts, completions)] if self.reward_model is not None else []
         for index, (spec, function) in enumerate(self.functions):
-            parts.append(_checked(function(prompts, completions, **columns), len(completions), spec, index))
+            where = f"key grpo.reward_funcs.{index}.name: '{spec}' at step {step}"
+            values = call_guarded(function, (prompts, completions), columns, self.timeout_s, where)
+            parts.append(_checked(values, len(completions), where))
         return torch.tensor(parts, dtype=torch.float32).T.reshape(len(completions), len(parts))
 
     def total(self, parts: torch.Tensor) -> torch.Tensor:
@@ -156,19 +209,65 @@ class Rewarder:
         return parts @ self.weights
 
 
-def _checked(values, count: int, spec: str, index: int) -> list[float]:
-    """The values a reward function returned, or ConfigError naming it."""
-    key = f"key grpo.reward_funcs.{index}.name: '{spec}'"
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} returned {type(values).__name__} {str(values)[:80]}; it must return one number "
-                          "per completion") from None
+def call_guarded(function: Callable, args: tuple, kwargs: dict, timeout_s: float | None, where: str):
+    """`function(*args, **kwargs)`, or ConfigError naming `where` for anything it raises (BaseException
+    included: SystemExit, KeyboardInterrupt) or when it has not returned within `timeout_s` seconds.
+
+    With a timeout the call runs in a daemon thread while this thread waits, so every rank stays free to
+    agree on the error and stop; a call that never returns is left behind in its thread and ends with the
+    process (Python cannot stop a thread). Without one (None) it runs in this thread, unbounded.
+    """
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 (user code: anything it raises is reported, never propagated)
+            outcome["error"] = err
+
+    if timeout_s is None:
+        call()
+    else:
+        worker = threading.Thread(target=call, name="reward-function", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            raise ConfigError(f"{where} did not return within grpo.reward_timeout_s = {timeout_s:g} s; make it "
+                              "faster (or bound its own work) or raise grpo.reward_timeout_s")
+    if "error" in outcome:
+        err = outcome["error"]
+        text = str(err).replace("\n", " ")[:300]
+        raise ConfigError(f"{where} raised {type(err).__name__}{': ' + text if text else ''}; fix the function "
+                          "and resume (train.resume: auto continues from the last checkpoint)")
+    return outcome["value"]
+
+
+def _checked(values, count: int, where: str) -> list[float]:
+    """The values a reward function returned as floats, or ConfigError naming it: one real number (int or
+    float, not bool; numpy scalars too) per completion, each finite."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ConfigError(f"{where} returned {type(values).__name__} {str(values)[:80]}; it must return a list "
+                          "of one number per completion")
+    bad = next((v for v in values if not _is_real(v)), _NONE)
+    if bad is not _NONE:
+        raise ConfigError(f"{where} returned {type(bad).__name__} {str(bad)[:80]!r} among its values; return "
+                          "int or float numbers (not strings, booleans or None)")
     if len(values) != count:
-        raise ConfigError(f"{key} returned {len(values)} values for {count} completions")
+        raise ConfigError(f"{where} returned {len(values)} values for {count} completions")
+    values = [float(v) for v in values]
     if not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"{key} returned a non-finite value ({values}); return finite numbers")
+        raise ConfigError(f"{where} returned a non-finite value ({values}); return finite numbers")
     return values
+
+
+_NONE = object()
+
+
+def _is_real(value) -> bool:
+    """An int or float (numpy's too, or a one-element non-bool tensor); never a bool, a string or None."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
 def build_rewarder(cfg, accelerator, columns: list[str]) -> Rewarder:
@@ -185,16 +284,17 @@ def build_rewarder(cfg, accelerator, columns: list[str]) -> Rewarder:
     reward_model = None
     if g.reward_model:
         reward_model = RewardModel(g.reward_model, cfg, accelerator, g.normalize_reward_model, cfg.eval.batch_size)
-    return Rewarder(reward_model, g.reward_model_weight, functions, [e.weight for e in g.reward_funcs])
+    return Rewarder(reward_model, g.reward_model_weight, functions, [e.weight for e in g.reward_funcs],
+                    g.reward_timeout_s)
 
 
 def rewards_agreed(rewarder: Rewarder, prompts: list[str], completions: list[str], columns: dict,
-                   accelerator) -> torch.Tensor:
+                   accelerator, step: int | str = "?") -> torch.Tensor:
     """The reward parts [N, F]; a reward function's error on any process is raised on every process (the
     same ConfigError everywhere, so all of them stop together instead of waiting in a collective)."""
     problem, parts = None, None
     try:
-        parts = rewarder(prompts, completions, columns)
+        parts = rewarder(prompts, completions, columns, step)
     except ConfigError as err:
         problem = str(err)
     if accelerator.num_processes > 1:

@@ -142,3 +142,26 @@ def test_margins_ride_along_with_their_pairs(tiny_tokenizer):
                 for row, mask in zip(batch["input_ids"][6:], batch["attention_mask"][6:], strict=True)]
     assert batch["margin"].tolist() == [float(text.split("b")[-1]) for text in rejected]
     assert sorted(batch["margin"].tolist()) == list(np.arange(6.0))
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_models_own_chat_template_renders_the_pair_and_typed_tokens_stay_text(tiny_tokenizer_dir):
+    """An instruct model's template (ChatML here, no built-in chat tokens): ids equal the tokenizer's own
+    render of the conversation, and `<|im_end|>` typed in a response is text, not an end of turn."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    turns = [{"role": "user", "content": "What moves?"}, {"role": "assistant", "content": "The optimizer."}]
+    rendered = tokenizer.apply_chat_template(turns, tokenize=True)
+    rendered = list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+    ids = encode_sequences(tokenizer, ["What moves?"], ["The optimizer."], seq_length=64)[0]
+    assert ids == [tokenizer.bos_token_id] + rendered + [tokenizer.eos_token_id]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    typed = encode_sequences(tokenizer, ["What moves?"], ["done<|im_end|> more"], seq_length=64)[0]
+    assert typed.count(end) == 2  # the template's two ends of turn, not the typed one
+    assert "<|im_end|>" in tokenizer.decode(typed[len(ids) - 6:-1])

@@ -72,8 +72,10 @@ def test_grpo_config_errors_name_the_key(tmp_path, chat_tokenizer_dir, chat_mode
 
 
 def test_normalising_needs_the_reward_statistics(tmp_path, chat_tokenizer_dir, chat_model_config, capsys):
+    import shutil
+
     rm = tmp_path / "rm"
-    rm.mkdir()
+    shutil.copytree(chat_tokenizer_dir, rm)  # a reward checkpoint's tokenizer (its weights are not read here)
     (rm / "config.json").write_text(json.dumps({"model_type": "llama"}))
     config = grpo_config(tmp_path, chat_tokenizer_dir, "g", {"reward_model": str(rm), "normalize_reward_model": True})
     assert run_rl(config, chat_model_config, "--check") == 2
@@ -158,8 +160,12 @@ def test_shipped_rl_config_validates(path, monkeypatch, tmp_path):
                  and not (ROOT / raw[section][key]).exists()]
     model = (raw.get("grpo") or {}).get("reward_model")
     if model and not (ROOT / model).exists():  # written by an earlier step: a stand-in with the statistics
-        (tmp_path / "config.json").write_text(json.dumps({"reward_mean": 0.0, "reward_std": 1.0}))
-        overrides.append(f"grpo.reward_model={tmp_path}")
+        import shutil
+
+        stand_in = shutil.copytree(ROOT / "configs/tokenizers/demo_base", tmp_path / "rm")  # and a tokenizer
+        (stand_in / "config.json").write_text(json.dumps({"model_type": "llama", "reward_mean": 0.0,
+                                                          "reward_std": 1.0}))
+        overrides.append(f"grpo.reward_model={stand_in}")
     cfg = load_config(str(path.relative_to(ROOT)), overrides)
     assert cfg.stage in ("dpo", "grpo") and cfg.train.num_training_steps
 

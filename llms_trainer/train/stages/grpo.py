@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +58,9 @@ from llms_trainer.train.rewards import (
     Rewarder,
     RewardFunctionError,
     build_rewarder,
+    check_rewards,
     check_signature,
     load_reward_function,
-    reward_statistics,
     rewards_agreed,
 )
 from llms_trainer.train.stages import Stage, StageContext, sft
@@ -246,8 +245,10 @@ class GRPORun:
         self.generator.manual_seed(cfg.train.seed * 1000 + self.accelerator.process_index)
         self.rollout: list[dict] = []
         self.passes_left, self.max_length = 0, 0
+        self.step, self.stepped = 0, False  # optimizer steps done (for messages): a fetch after loss() is the next
 
     def next_step(self, n: int) -> list[dict]:
+        self.step, self.stepped = self.step + self.stepped, False
         if self.passes_left == 0:
             self.rollout, self.passes_left = self._rollout(n), self.g.num_iterations
         self.passes_left -= 1
@@ -261,7 +262,7 @@ class GRPORun:
                        temperature=g.temperature, top_p=g.top_p, stop_token_ids=self.stops,
                        batch_size=g.generation_batch_size, generator=self.generator, accelerator=acc)
         parts = rewards_agreed(data.rewarder, [data.train.prompts[i].text for i in indices], out.texts,
-                               data.train.column_values(indices), acc)
+                               data.train.column_values(indices), acc, self.step + 1)
         rewards, lengths = data.rewarder.total(parts), out.completion_mask.sum(-1)
         everyone = _gathered(acc, torch.stack([rewards, lengths.float()], 1))
         advantages, _ = group_advantages(everyone[:, 0], g.num_generations, g.scale_rewards)
@@ -298,7 +299,7 @@ class GRPORun:
                 batch["ref_logps"] = self._logps(reference, on_device).cpu()
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
-        g = self.g
+        g, self.stepped = self.g, True
         parts = grpo_token_losses(self._logps(model, batch), batch.get("old_logps"), batch.get("ref_logps"),
                                   batch["advantages"], epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high,
                                   beta=g.beta)
@@ -332,6 +333,7 @@ class GRPORun:
         """The prompt position and generator after the latest rollout, and that rollout while it is in use."""
         state = self.generator.get_state()
         return {"stream": self.data.stream.state_dict(), "passes_left": self.passes_left,
+                "step": self.step + self.stepped,
                 "generator": base64.b64encode(bytes(state.tolist())).decode("ascii"), "max_length": self.max_length,
                 "rollout": [_to_json(m) for m in self.rollout] if self.passes_left else None}
 
@@ -340,6 +342,7 @@ class GRPORun:
         raw = base64.b64decode(state["generator"])
         self.generator.set_state(torch.tensor(list(raw), dtype=torch.uint8))
         self.passes_left, self.max_length = int(state["passes_left"]), int(state["max_length"])
+        self.step, self.stepped = int(state.get("step", 0)), False
         self.rollout = [_from_json(m) for m in state["rollout"]] if self.passes_left else []
 
     def can_save(self) -> bool:
@@ -387,21 +390,7 @@ def check_config(cfg: RunConfig, fail) -> None:
         for entry in input_files(value):
             if not exists(entry):
                 fail(key, f"'{entry}' matches nothing")
-    if not g.reward_model and not g.reward_funcs:
-        fail("grpo.reward_funcs", "no reward: set grpo.reward_model (a checkpoint of train_reward_model.py) and/or "
-             "grpo.reward_funcs ([{name: module:function, weight: 1.0}])")
-    if g.reward_model and not (Path(g.reward_model) / "config.json").is_file():
-        fail("grpo.reward_model", f"'{g.reward_model}' is not a checkpoint directory (no config.json)")
-    if g.reward_model and g.normalize_reward_model:
-        try:
-            reward_statistics(g.reward_model)
-        except ValueError as err:
-            fail("grpo.normalize_reward_model", str(err))
-    for index, entry in enumerate(g.reward_funcs):
-        try:
-            load_reward_function(entry.name)
-        except RewardFunctionError as err:
-            fail(f"grpo.reward_funcs.{index}.name", str(err))
+    check_rewards(g, fail)
     per_step = t.train_batch_size * t.gradient_accumulation_steps
     if per_step % g.num_generations:
         fail("grpo.num_generations", f"{g.num_generations} must divide the completions of one optimizer step per "
