@@ -61,11 +61,12 @@ class DataConfig(Section):
     split_by_shard: bool = Field(False, description="accepted for compatibility; no effect: records are dealt "
                                  "to ranks × workers one by one, which balances any number of shards")
     shuffle_buffer_records: int = Field(1024, ge=1, description="records of one data unit shuffled together")
-    on_bad_record: Literal["error", "skip"] = Field("error", description="sft/reward/dpo/grpo training records that "
-                                                    "are unusable (sft: no assistant turn, an empty turn, a wrong "
-                                                    "role order, an unknown format; pairs: not JSON, a field "
-                                                    "missing, a non-numeric margin): stop naming the file and "
-                                                    "line, or skip and count them")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="training records that are unusable "
+                                                    "(every stage: JSON nested deeper than 100 levels or holding "
+                                                    "a lone surrogate escape such as \\ud800; sft: no assistant "
+                                                    "turn, an empty turn, a wrong role order, an unknown format; "
+                                                    "pairs: not JSON, a field missing, a non-numeric margin): "
+                                                    "stop naming the file and line, or skip and count them")
     pack_buffer_conversations: int = Field(1024, ge=1, description="sft packing: conversations grouped per "
                                            "best-fit-decreasing round")
     document_attention: bool = Field(False, description="pretraining packed rows: positions restart per "

@@ -32,8 +32,9 @@ DESCRIPTIONS_ZH: dict[str, str] = {
     "data.split_by_shard": "为兼容而接受；不起作用：记录逐条分发给 rank × worker，任意数量的分片都能均衡",
     "data.shuffle_buffer_records": "一个数据单元内一起打乱的记录数",
     "data.on_bad_record": (
-        "sft/reward/dpo/grpo 中无法使用的训练记录（sft：没有 assistant 轮次、有空轮次、角色顺序错误、格式未"
-        "知；偏好对：不是 JSON、缺少字段、margin 不是数值）：停止并指出文件和行号，或跳过并计数"),
+        "无法使用的训练记录（所有阶段：JSON 嵌套超过 100 层，或含有孤立代理项转义如 \\ud800；sft：没有 "
+        "assistant 轮次、有空轮次、角色顺序错误、格式未知；偏好对：不是 JSON、缺少字段、margin 不是数值）："
+        "停止并指出文件和行号，或跳过并计数"),
     "data.pack_buffer_conversations": "sft 打包：每轮 best-fit-decreasing 装箱一起分组的对话数",
     "data.document_attention": (
         "预训练打包行：位置编号在每篇文档处重新开始，注意力只在文档内部（SFT 打包总是如此）"),

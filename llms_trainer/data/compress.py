@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .records import MODES, json_problem, record_problem
+from .records import MODES, parse_json_line, record_problem
 from .shards import SourceNameError, check_source_name, commit_source, dump_record, stage_source
 
 BAD_LINE_POLICIES = ("error", "skip")
@@ -92,11 +91,8 @@ def parse_input_line(raw: bytes, mode: str, first_line: bool = False) -> tuple[d
         return None, f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start + 1} of the line)"
     if not text.strip():
         return None, None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        return None, json_problem(err)
-    problem = record_problem(record, mode)
+    record, problem = parse_json_line(text)
+    problem = problem or record_problem(record, mode)
     return (record, None) if problem is None else (None, problem)
 
 

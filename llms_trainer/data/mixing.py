@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .shards import ShardError
-from .stream import SourceStream
+from .stream import BadRecordError, SourceStream
 
 Encode = Callable[[list[str]], list[list[int]]]
 
@@ -64,38 +64,52 @@ def natural_weights(sources: dict[str, list]) -> dict[str, float]:
 class TokenizedSource:
     """Documents of one source as token lists, tokenised `batch_docs` at a time; resumable exactly.
 
-    Each buffered document keeps the stream state from before it was read, so the saved state is that of
-    the first document not yet handed out.
+    Each buffered document keeps the stream state and bad-record count from before it was read, so the saved
+    state is that of the first document not yet handed out. A record no reader may use (the stream hands out
+    why) stops the run naming SHARD:LINE (`on_bad_record="error"`) or is counted in `bad_records` (`"skip"`);
+    records without a text field are skipped silently.
     """
 
     def __init__(self, stream: SourceStream, to_text: Callable[[dict], str | None], encode: Encode,
-                 batch_docs: int = 64):
+                 batch_docs: int = 64, on_bad_record: str = "error"):
         self.stream, self.to_text, self.encode, self.batch_docs = stream, to_text, encode, batch_docs
-        self._buffer: deque[tuple[dict, list[int]]] = deque()
-        self._records: Iterator[dict] | None = None
-        self.skipped = 0
+        self.on_bad_record = on_bad_record
+        self._buffer: deque[tuple[tuple[dict, int], list[int]]] = deque()
+        self._records: Iterator[dict | str] | None = None
+        self.skipped = self.bad_records = 0
         self._skipped_in_a_row = 0
 
     def state_dict(self) -> dict:
-        stream_state = self._buffer[0][0] if self._buffer else self.stream.state_dict()
-        return {"stream": stream_state, "skipped": self.skipped}
+        stream_state, bad = self._buffer[0][0] if self._buffer else (self.stream.state_dict(), self.bad_records)
+        return {"stream": stream_state, "skipped": self.skipped, "bad_records": bad}
 
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
-        self.skipped = state.get("skipped", 0)
+        self.skipped, self.bad_records = state.get("skipped", 0), state.get("bad_records", 0)
         self._buffer.clear()
         self._records = None
+
+    def _text(self, record: dict | str) -> str | None:
+        """The record's text; None (counted) for a bad record under skip; BadRecordError under error."""
+        if not isinstance(record, str):
+            return self.to_text(record)
+        path, line = self.stream.position or ("?", 0)
+        if self.on_bad_record == "error":
+            raise BadRecordError(f"{path}:{line}: bad record: {record}. Fix the record or set "
+                                 "data.on_bad_record: skip")
+        self.bad_records += 1
+        return None
 
     def _fill(self) -> None:
         if self._records is None:
             self._records = iter(self.stream)
         states, texts = [], []
         while len(texts) < self.batch_docs:
-            before = self.stream.state_dict()
+            before = (self.stream.state_dict(), self.bad_records)
             record = next(self._records, None)
             if record is None:
                 break
-            text = self.to_text(record)
+            text = self._text(record)
             if text is None:
                 self.skipped += 1
                 self._skipped_in_a_row += 1

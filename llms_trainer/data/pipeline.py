@@ -70,6 +70,7 @@ class PretrainSpec:
     tokenize_batch_docs: int = 64
     document_attention: bool = False  # concat rows: positions restart per document, no attention across
     holdout_records: int = 0  # the last N records of every source never train (stream.holdout_limits)
+    on_bad_record: str = "error"  # a record no reader may use: error (stop at SHARD:LINE) | skip (count it)
 
 
 class Chain:
@@ -83,7 +84,7 @@ class Chain:
                                holdout_records=spec.holdout_records)
             for name, shards in spec.sources.items()
         }
-        sources = {n: TokenizedSource(s, pretrain_text, encode, spec.tokenize_batch_docs)
+        sources = {n: TokenizedSource(s, pretrain_text, encode, spec.tokenize_batch_docs, spec.on_bad_record)
                    for n, s in self.streams.items()}
         self.mixture = Mixture(sources, spec.weights)
         self.packer = Packer(_Tagged(self.mixture), spec.seq_length, spec.mode, seed=spec.seed * 100003 + unit,
@@ -98,7 +99,12 @@ class Chain:
         self.packer.load_state_dict(state["packer"])
 
     def report(self, state: dict | None = None) -> dict:
-        return mixture_report((state or self.state_dict())["mixture"], self.streams)
+        """Per source: tokens, share, epochs and bad records skipped."""
+        mixture_state = (state or self.state_dict())["mixture"]
+        rows = mixture_report(mixture_state, self.streams)
+        for name, row in rows.items():
+            row["bad_records"] = mixture_state["sources"][name].get("bad_records", 0)
+        return rows
 
 
 class _Tagged:
@@ -119,6 +125,7 @@ class PretrainData(IterableDataset):
     """
 
     chain_class = Chain
+    count_keys: tuple[str, ...] = ("bad_records",)  # per-source counts summed over workers in `report`
 
     def __init__(self, spec: PretrainSpec, tokenizer, rank: int = 0, world_size: int = 1):
         self.spec, self.tokenizer, self.rank, self.world_size = spec, tokenizer, rank, world_size
@@ -167,8 +174,9 @@ class PretrainData(IterableDataset):
         return batch
 
     def report(self, worker_states: list[dict]) -> dict:
-        """Tokens, share and epochs per source, summed over the given worker states."""
-        totals: dict[str, dict[str, float]] = {}
+        """Tokens, share, epochs and `count_keys` per source, summed over the given worker states (the first
+        bad record a chain reports as `first_bad` too)."""
+        totals: dict[str, dict] = {}
         chain = self.chain_class(self.spec, self.tokenizer, 0, 1)
         for state in worker_states:
             for name, row in chain.report(state).items():
@@ -177,6 +185,10 @@ class PretrainData(IterableDataset):
                     acc["holdout_records"] = row["holdout_records"]
                 acc["tokens"] += row["tokens"]
                 acc["epochs"] = max(acc["epochs"], row["epochs"])
+                for key in self.count_keys:
+                    acc[key] = acc.get(key, 0) + row[key]
+                if "first_bad" in row:
+                    acc.setdefault("first_bad", row["first_bad"])
         grand = max(1, sum(r["tokens"] for r in totals.values()))
         for row in totals.values():
             row["share"] = row["tokens"] / grand

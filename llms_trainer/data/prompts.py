@@ -17,7 +17,6 @@ processes and K prompts per draw, process r taking g·P·K + r + P·j. Its exact
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .pairs import _units
-from .records import json_problem, read_chat
+from .records import parse_json_line, read_chat
 
 
 class PromptDataError(ValueError):
@@ -91,11 +90,8 @@ def read_prompts(entries: list[str], on_bad_record: str = "error") -> tuple[list
             for number, line in enumerate(_text_lines(source, name), 1):
                 if not line.strip():
                     continue
-                try:
-                    record = json.loads(line)
-                    turns = prompt_turns(record)
-                except json.JSONDecodeError as err:
-                    turns = json_problem(err)
+                record, problem = parse_json_line(line)
+                turns = problem or prompt_turns(record)
                 if isinstance(turns, str):
                     if on_bad_record != "skip":
                         raise PromptDataError(f"{name}:{number}: {turns}; fix the line or set data.on_bad_record: "

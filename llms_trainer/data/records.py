@@ -26,11 +26,17 @@ with `user` and ending with `assistant`; every content is a non-blank string. An
 turn, an empty turn, a wrong order, an unknown role or format) is a bad record: `read_chat` returns the reason.
 
 Preference pairs: `{"prompt", "selected", "rejected"}` (`chosen` is accepted for `selected`).
+
+Every reader of JSON lines (compress, shards, pairs, prompts, eval files) parses with `parse_json_line`, which
+also refuses two kinds of valid JSON no reader can use: nesting deeper than `MAX_JSON_DEPTH` levels (checked
+before parsing, so nothing recurses past it) and a lone surrogate escape such as `"\\ud800"` (text that is
+not Unicode: no UTF-8 writer or tokenizer accepts it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 Turn = dict[str, str]
 
@@ -159,6 +165,69 @@ MODES = {  # mode → record → problem or None
     "sft": _chat_problem,
     "reward": _found(preference_pair, "no preference pair (expected prompt, selected, rejected)"),
 }
+
+
+MAX_JSON_DEPTH = 100  # nesting levels of arrays and objects a JSON line may have
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string literal (escapes included)
+_BRACKETS = re.compile(r"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff written as an escape
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class UnusableJSON(ValueError):
+    """Valid JSON that no reader may use: nested deeper than MAX_JSON_DEPTH, or holding a lone surrogate."""
+
+
+def _too_deep(text: str) -> bool:
+    """Whether brackets outside string literals nest deeper than MAX_JSON_DEPTH (a loop, no recursion)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
+def _lone_surrogate(value: object) -> str | None:
+    """The first lone surrogate character in any string (key or value) of a parsed value, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if found := _SURROGATE.search(item):
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def load_json_line(text: str) -> object:
+    """`json.loads(text)`, refusing what no reader may use; raises json.JSONDecodeError or UnusableJSON."""
+    if _too_deep(text):
+        raise UnusableJSON(f"nested deeper than {MAX_JSON_DEPTH} levels of arrays/objects")
+    try:
+        value = json.loads(text)
+    except RecursionError:  # only for text that is not JSON anyway: _too_deep bounds valid JSON
+        raise UnusableJSON(f"nested deeper than {MAX_JSON_DEPTH} levels of arrays/objects") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and (char := _lone_surrogate(value)):
+        raise UnusableJSON(f"a lone surrogate escape \\u{ord(char):04x} (not Unicode text: it cannot be "
+                           "encoded as UTF-8 or tokenized)")
+    return value
+
+
+def parse_json_line(text: str) -> tuple[object, str | None]:
+    """(value, None) for a usable JSON line, else (None, why): not JSON, too deep, or a lone surrogate."""
+    try:
+        return load_json_line(text), None
+    except json.JSONDecodeError as err:
+        return None, json_problem(err)
+    except UnusableJSON as err:
+        return None, str(err)
 
 
 def json_problem(err: json.JSONDecodeError) -> str:

@@ -12,6 +12,14 @@ Truncation to `seq_length`: the earliest user→assistant pairs are dropped (a s
 conversation fits; if the system turn and the last pair still do not fit, the row is cut at `seq_length`
 (kept tokens keep their labels). A conversation left without a trained token is dropped and counted.
 
+Huge messages. A content longer than `max_content_chars` = 2 × seq_length × (characters of the longest
+token of the vocabulary; special tokens left out, they stay text in contents) is cut to that many characters
+before it is encoded, so a 5 MB message costs what a message of that length does. A token covers at most
+that many characters, so the cut text still holds at least 2 × seq_length tokens: the conversation could not
+fit either way, and every token a row can keep lies at least seq_length tokens before the cut, so the ids kept
+equal those of the whole text. (Should a tokenizer's normalizer shrink text so that the cut holds fewer
+tokens, the whole content is encoded instead.)
+
 Rows. With `pack`, `pack_buffer_conversations` conversations at a time are grouped into rows of
 `seq_length` by best-fit-decreasing; in a row each conversation's positions restart at 0 and conversations
 never attend to each other (`packing.collate_packed`, `packing.model_inputs`). Without `pack`, a row is one
@@ -37,7 +45,7 @@ from .packing import IGNORE_INDEX, best_fit_decreasing, collate_packed, collate_
 from .pipeline import PretrainData, ResumableLoader
 from .records import read_chat
 from .shards import ShardError, ShardInfo
-from .stream import SourceStream
+from .stream import BadRecordError, SourceStream
 
 BAD_RECORD_POLICIES = ("error", "skip")
 COUNTS = ("conversations", "truncated", "dropped", "bad_records")
@@ -47,10 +55,6 @@ _SLOT = re.compile("\x00(\\d+)\x00")  # a content placeholder in the rendered fo
 
 class ChatTokenizerError(ValueError):
     """A tokenizer that cannot encode the chat format (the message says how to fix it)."""
-
-
-class BadRecordError(ShardError):
-    """An SFT record that is not a usable conversation (message: SHARD:LINE: reason)."""
 
 
 @dataclass(slots=True)
@@ -84,6 +88,7 @@ class ChatEncoder:
         self.format_tokenizer.encode_special_tokens = False
         self.user_text = UserText(backend)  # special-token text inside contents stays text
         self._check_chat_tokens(tokenizer, where)
+        self.max_content_chars = 2 * seq_length * self._longest_token_chars()  # module doc: "Huge messages"
         self._format_cache: dict[str, list[int]] = {}
         self._plans: dict[tuple[str, ...], list[tuple[list[int] | int, bool]]] = {}
 
@@ -100,9 +105,25 @@ class ChatEncoder:
             if as_format != [vocab[token]] or self.encode_texts([token])[0] == [vocab[token]]:
                 raise ChatTokenizerError(f"{where}: {token} is not a special token of the tokenizer; {fix}")
 
+    def _longest_token_chars(self) -> int:
+        """Characters of the longest token a content can be encoded to (special tokens stay text in contents)."""
+        backend = self.user_text.backend
+        added = [t.content for t in backend.get_added_tokens_decoder().values() if not t.special]
+        return max(map(len, [*backend.get_vocab(with_added_tokens=False), *added]))
+
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         """Ids of message contents, each a continuation after a special token, special-token text kept text."""
         return self.user_text.encode(texts, continuation=True)
+
+    def encode_contents(self, texts: list[str]) -> list[list[int]]:
+        """`encode_texts` for contents that will be truncated to `seq_length`: a content longer than
+        `max_content_chars` is cut to it first (module doc, "Huge messages")."""
+        limit = self.max_content_chars
+        ids = self.encode_texts([text[:limit] for text in texts])
+        for index, text in enumerate(texts):
+            if len(text) > limit and len(ids[index]) < 2 * self.seq_length:  # a normalizer shrank the text
+                ids[index] = self.encode_texts([text])[0]
+        return ids
 
     def _format_ids(self, text: str) -> list[int]:
         if text not in self._format_cache:  # encoded behind END_TOKEN: a continuation, like the contents
@@ -158,7 +179,7 @@ class ChatEncoder:
     def encode(self, conversations: list[list[dict]]) -> list[Sample | None]:
         """One `Sample` per conversation (turns as `records.read_chat` gives them), None when dropped."""
         texts = [turn["content"] for turns in conversations for turn in turns]
-        flat = iter(self.encode_texts(texts))
+        flat = iter(self.encode_contents(texts))
         return [self._fit(tuple(t["role"] for t in turns), [next(flat) for _ in turns]) for turns in conversations]
 
 
@@ -171,8 +192,8 @@ class ChatSource(TokenizedSource):
 
     def __init__(self, stream: SourceStream, encoder: ChatEncoder, on_bad_record: str = "error",
                  batch_docs: int = 64):
-        super().__init__(stream, read_chat, encoder.encode_texts, batch_docs)
-        self.encoder, self.on_bad_record = encoder, on_bad_record
+        super().__init__(stream, read_chat, encoder.encode_texts, batch_docs, on_bad_record)
+        self.encoder = encoder
         self.counts: dict = dict.fromkeys(COUNTS, 0)
 
     def state_dict(self) -> dict:
@@ -183,9 +204,9 @@ class ChatSource(TokenizedSource):
         super().load_state_dict(state)
         self.counts = {**dict.fromkeys(COUNTS, 0), **state.get("counts", {})}
 
-    def _read(self, record: dict) -> list[dict] | str:
+    def _read(self, record: dict | str) -> list[dict] | str:
         """The record's turns, or "SHARD:LINE: reason" for a bad record (raised under on_bad_record=error)."""
-        turns = read_chat(record)
+        turns = record if isinstance(record, str) else read_chat(record)
         if isinstance(turns, list) and any(_SENTINEL in t["content"] for t in turns):
             turns = "contains the character U+F0000, reserved by the SFT encoder"
         if isinstance(turns, list):
@@ -336,6 +357,7 @@ class SFTData(PretrainData):
     padded `{"input_ids", "labels", "attention_mask", "state"}`; call the model with `packing.model_inputs`."""
 
     chain_class = SFTChain
+    count_keys = COUNTS
 
     def rows(self, chain: SFTChain) -> Iterator[list[Sample]]:
         return iter(chain.packer)
@@ -350,18 +372,6 @@ class SFTData(PretrainData):
         samples = [row[0] for row in rows]
         return collate_rows([s.ids for s in samples], self.pad_id, self.spec.seq_length if self.spec.pad_to_max
                             else None, labels=[s.labels for s in samples])
-
-    def report(self, worker_states: list[dict]) -> dict:
-        """Tokens, share, epochs and COUNTS per source (first bad record too), over the given worker states."""
-        totals = super().report(worker_states)
-        chain = self.chain_class(self.spec, self.tokenizer, 0, 1)
-        for state in worker_states:
-            for name, row in chain.report(state).items():
-                for key in COUNTS:
-                    totals[name][key] = totals[name].get(key, 0) + row[key]
-                if "first_bad" in row:
-                    totals[name].setdefault("first_bad", row["first_bad"])
-        return totals
 
 
 def build_sft_loader(spec: SFTSpec, tokenizer, rank: int = 0, world_size: int = 1, num_workers: int = 0,

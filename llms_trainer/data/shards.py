@@ -21,6 +21,7 @@ from pathlib import Path
 import zstandard
 
 from ..io import make_temp_dir, replace_dir
+from .records import UnusableJSON, load_json_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -300,18 +301,24 @@ def _drop_lines(block: bytes, count: int) -> tuple[bytes, int]:
 
 
 def iter_records(shards: Iterable[ShardInfo]) -> Iterator[dict]:
-    """Every record of the given shards in order (used by tools that read a whole source)."""
+    """Every usable record of the given shards in order (used by tools that read a whole source); records no
+    reader may use (`records.UnusableJSON`) are left out, as records without text are."""
     for shard in shards:
         for number, line in enumerate(iter_shard_lines(shard), 1):
-            yield parse_shard_line(line, shard.path, number)
+            record = parse_shard_line(line, shard.path, number)
+            if isinstance(record, dict):
+                yield record
 
 
-def parse_shard_line(line: str, path: Path, number: int) -> dict:
-    """One shard line as a record; a clear error naming the shard and line when it is not a JSON object."""
+def parse_shard_line(line: str, path: Path, number: int) -> dict | str:
+    """One shard line as a record, or why no reader may use it (too deep, a lone surrogate: a bad record);
+    a ShardError naming the shard and line when it is not a JSON object at all (a damaged shard)."""
     try:
-        record = json.loads(line)
+        record = load_json_line(line)
     except json.JSONDecodeError as err:
         raise ShardError(f"{path}:{number}: not JSON inside a shard ({err}); re-run data/compress_data.py") from err
+    except UnusableJSON as err:
+        return str(err)
     if not isinstance(record, dict):
         raise ShardError(f"{path}:{number}: not a JSON object inside a shard; re-run data/compress_data.py")
     return record

@@ -11,7 +11,9 @@ its records in chunks of `buffer_records` (a bounded buffer), each chunk permute
 The state is four integers — epoch, chunk start (shard position, line), records taken from the chunk — so
 resuming re-reads at most one chunk and never replays consumed records. A source with fewer records than
 units gives every unit the record `unit % records` (it repeats instead of starving a rank). `position` is the
-(shard path, line) of the record last handed out, for messages about bad records.
+(shard path, line) of the record last handed out, for messages about bad records. A line no reader may use
+(nested too deep, a lone surrogate: `shards.parse_shard_line`) is handed out as the string saying why; the
+consumer applies `data.on_bad_record` to it (`BadRecordError` or a count).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .shards import ShardError, ShardInfo, iter_shard_lines, parse_shard_line
+
+
+class BadRecordError(ShardError):
+    """A record that is not usable (message: SHARD:LINE: reason)."""
 
 
 class SourceStream:
@@ -94,9 +100,10 @@ class SourceStream:
             return self._reader[2]
         return iter_shard_lines(shard, skip=line)
 
-    def _read_chunk(self, order: list[int], starts: list[int]) -> tuple[list[tuple[dict, Path, int]], int, int]:
-        """Up to `buffer_records` of this unit's (record, shard path, line) from the chunk start, and the end."""
-        records: list[tuple[dict, Path, int]] = []
+    def _read_chunk(self, order: list[int], starts: list[int]) -> tuple[list[tuple[dict | str, Path, int]], int, int]:
+        """Up to `buffer_records` of this unit's (record or why it is unusable, shard path, line) from the chunk
+        start, and the end."""
+        records: list[tuple[dict | str, Path, int]] = []
         shard_pos, line = self.shard_pos, self.line
         while shard_pos < len(order) and len(records) < self.buffer_records:
             shard, limit = self.shards[order[shard_pos]], self.limits[order[shard_pos]]
@@ -118,7 +125,7 @@ class SourceStream:
                 self._reader = (shard_pos, line, lines)
         return records, shard_pos, line
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[dict | str]:
         self._reader = None
         while self.max_epochs is None or self.epoch < self.max_epochs:
             order = self._order(self.epoch)

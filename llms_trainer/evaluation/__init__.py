@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from llms_trainer.data.records import UnusableJSON, load_json_line
+
 T = TypeVar("T")
 
 
@@ -36,9 +38,11 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                record = json.loads(line)
+                record = load_json_line(line)
             except json.JSONDecodeError as err:
                 raise EvalDataError(f"{where}: invalid JSON ({err.msg}); fix or remove the line") from None
+            except UnusableJSON as err:
+                raise EvalDataError(f"{where}: {err}; fix or remove the line") from None
             if not isinstance(record, dict):
                 raise EvalDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
             rows.append((where, record))

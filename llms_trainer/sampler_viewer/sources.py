@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..data.records import pretrain_text
+from ..data.records import load_json_line, pretrain_text
 from ..data.shards import MANIFEST, ShardError, iter_records, list_shards, read_manifest
 from ..io import atomic_write
 
@@ -224,8 +224,8 @@ def _jsonl_records(path: Path) -> Iterator[dict]:
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = load_json_line(line)
+            except ValueError:  # json.JSONDecodeError, UnusableJSON
                 continue  # blank or bad lines carry no tokens; compress_data.py reports them
             if isinstance(record, dict):
                 yield record

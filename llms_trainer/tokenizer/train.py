@@ -20,7 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from llms_trainer.data.records import chat_turns, pretrain_text
+from llms_trainer.data.records import UnusableJSON, chat_turns, load_json_line, pretrain_text
 from llms_trainer.data.shards import MANIFEST, ShardError, iter_records, list_shards
 from llms_trainer.io import atomic_write
 from llms_trainer.tokenizer import TokenizerError
@@ -75,9 +75,11 @@ def iter_jsonl_records(path: Path) -> Iterator[object]:
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line)
+                    yield load_json_line(line)
                 except json.JSONDecodeError as err:
                     raise TokenizerError(f"{path}:{number}: not valid JSON ({err.msg}); fix or remove the line") from err
+                except UnusableJSON as err:
+                    raise TokenizerError(f"{path}:{number}: {err}; fix or remove the line") from err
     except (OSError, UnicodeDecodeError) as err:
         raise TokenizerError(f"{path}: cannot read ({err})") from err
 

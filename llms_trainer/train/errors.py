@@ -54,13 +54,28 @@ def any_rank(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
 
 
+def first_rank(accelerator, flag: bool) -> int | None:
+    """The lowest process index where `flag` is true, on every process; None when it is true nowhere."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return 0 if flag else None
+    flags = torch.zeros(accelerator.num_processes, device=accelerator.device)
+    flags[accelerator.process_index] = 1.0 if flag else 0.0
+    hits = accelerator.reduce(flags, reduction="sum").nonzero()  # one all-reduce
+    return int(hits[0]) if len(hits) else None
+
+
 def stop_if_any(accelerator, error: BaseException | None) -> None:
-    """Raise on every process when any process has an error: its own, or PeerStopped on the others."""
-    if not any_rank(accelerator, error is not None):
+    """Raise on every process when any process has an error: its own, or PeerStopped on the others.
+
+    The lowest rank with an error of its own reports it (`error.reporter`): when only rank 1 met a bad record,
+    rank 1's message is the one the launcher prints."""
+    reporter = first_rank(accelerator, error is not None)
+    if reporter is None:
         return
     if error is None:
         error = PeerStopped("stopped because another process hit an error (reported there)")
     error.agreed = True  # every rank stops here together: exiting quietly leaves no rank waiting
+    error.reporter = reporter == (accelerator.process_index if accelerator is not None else 0)
     raise error
 
 
@@ -89,7 +104,7 @@ def report(error: BaseException, code: int) -> int:
     if not launched:
         print(message, file=sys.stderr)
         return code
-    if os.environ.get("RANK", "0") == "0" or not agreed_stop:
+    if getattr(error, "reporter", os.environ.get("RANK", "0") == "0") or not agreed_stop:
         with open(os.environ[ERROR_FILE_ENV], "w", encoding="utf-8") as fh:
             fh.write(f"{code}\t{message}\n")
     return 0 if agreed_stop else code

@@ -134,6 +134,47 @@ def test_truncation_drops_earliest_pairs_keeps_system_then_cuts_the_last_reply(c
     assert ChatEncoder(chat_tok, prompt_only).encode([turns]) == [None]  # nothing left to train: dropped
 
 
+def _unbounded(tokenizer, seq_length: int) -> ChatEncoder:
+    encoder = ChatEncoder(tokenizer, seq_length)
+    encoder.max_content_chars = 10**12  # every content encoded whole: the reference
+    return encoder
+
+
+def test_a_huge_message_is_cut_before_encoding_and_keeps_the_ids_of_the_whole_text(chat_tok, monkeypatch):
+    rng = random.Random(4)
+    huge = " ".join(sentence(rng) for _ in range(8_000))  # about 1 MB on one line
+    for seq_length in (16, 64, 300):
+        bounded = ChatEncoder(chat_tok, seq_length)
+        longest = max(len(t) for t in chat_tok.get_vocab() if t not in chat_tok.all_special_tokens
+                      and t not in CHAT_TOKENS)  # special tokens stay text inside contents
+        assert bounded.max_content_chars == 2 * seq_length * longest < len(huge) // 20
+        encoded: list[int] = []
+        plain = bounded.encode_texts
+        monkeypatch.setattr(bounded, "encode_texts",
+                            lambda texts, f=plain, seen=encoded: seen.extend(map(len, texts)) or f(texts))
+        for turns in ([{"role": "user", "content": "q?"}, {"role": "assistant", "content": huge}],
+                      [{"role": "system", "content": "be brief"}, {"role": "user", "content": huge},
+                       {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and?"},
+                       {"role": "assistant", "content": "done."}],
+                      [{"role": "user", "content": huge}, {"role": "assistant", "content": huge[::-1]}]):
+            assert bounded.encode([turns]) == _unbounded(chat_tok, seq_length).encode([turns]), seq_length
+        assert max(encoded) == bounded.max_content_chars  # nothing longer reached the tokenizer
+
+
+def test_the_content_bound_never_cuts_a_message_that_could_fit(chat_tok):
+    """The longest text of seq_length tokens is seq_length longest tokens: half the bound, never cut."""
+    vocab = chat_tok.get_vocab()
+    piece = max((t for t in vocab if not t.startswith(("<|", "<0x")) and t not in chat_tok.all_special_tokens), key=len)
+    for seq_length in (8, 40):
+        encoder = ChatEncoder(chat_tok, seq_length)
+        text = piece.replace("\u2581", " ") * seq_length
+        assert len(encoder.encode_texts([text])[0]) <= seq_length < len(encoder.encode_texts([text * 2])[0])
+        assert len(text) * 2 <= encoder.max_content_chars
+        for size in (len(text), encoder.max_content_chars, encoder.max_content_chars + 1, 3 * len(text)):
+            turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": (text * 8)[:size]}]
+            assert encoder.encode([turns]) == _unbounded(chat_tok, seq_length).encode([turns]), size
+
+
 def test_too_long_prompts_are_dropped_and_counted_never_an_all_masked_row(chat_tok, tmp_path):
     rng = random.Random(2)
     long_prompt = " ".join(sentence(rng) for _ in range(40))

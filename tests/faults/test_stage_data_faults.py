@@ -16,11 +16,8 @@ import yaml
 
 from llms_trainer.commands.compress import main as compress
 from llms_trainer.data.shards import dump_record, read_manifest, write_source
-from llms_trainer.train import checkpoint as ckpt
-from llms_trainer.train.run import run
-from tests.faults.support import file_hashes, logged, one_error_line, steps
+from tests.faults.support import logged, one_error_line, steps, stops_then_skip_resumes_exactly
 from tests.helpers import EN_WORDS, write_jsonl
-from tests.train.conftest import RecordingLogger
 from tests.train.reward_support import preference_records, reward_config
 from tests.train.rl_support import (
     chat_model_config,
@@ -29,7 +26,6 @@ from tests.train.rl_support import (
     rl_config,
     write_prompts,
 )
-from train_llms import main as train_llms
 from train_reward_model import main as train_reward_model
 from train_rl import main as train_rl
 
@@ -102,26 +98,12 @@ def test_bad_sft_records_met_mid_run_keep_earlier_checkpoints_and_skip_resumes_e
                  shard_bytes=None)
     shard = tmp_path / "shards" / "chats" / "part-00001.jsonl.zst"
     config = sft_config(tmp_path, chat_tokenizer_dir, shard.parent, "run")
-    args = ["--train_config", str(config), "--model_config", str(chat_model_config)]
-    assert train_llms(args) == 2
-    assert one_error_line(capsys.readouterr().err) == (
+    stops_then_skip_resumes_exactly(
+        config, chat_model_config,
         f"error: {shard}:70: bad SFT record: turn 1: 'assistant' where 'user' belongs (order: [system], user, "
-        "assistant, user, ...). Fix the record "
-        "(data/compress_data.py --mode sft checks every line) or set data.on_bad_record: skip")
-    work = tmp_path / "run"
-    assert steps(work) == [8, 16] and not ckpt.leftover_dirs(work)
-    kept = file_hashes(work / "checkpoint-16")
-
-    assert train_llms([*args, "data.on_bad_record=skip"]) == 0  # train.resume: auto
-    assert f"resumed from {work / 'checkpoint-16'} at step 16" in capsys.readouterr().out
-    assert file_hashes(work / "checkpoint-16") == kept
-    full = run(config, ["data.on_bad_record=skip", f"work_dir={tmp_path / 'full'}"], str(chat_model_config),
-               logger=RecordingLogger())
-    losses = logged(work, "train/loss")
-    assert sorted(losses) == list(range(1, 25))
-    for step, loss in losses.items():
-        assert loss == pytest.approx(full.losses[step], abs=1e-6), step
-    assert logged(work, "data/chats/bad_records")[24] == 2
+        "assistant, user, ...). Fix the record (data/compress_data.py --mode sft checks every line) or set "
+        "data.on_bad_record: skip", [8, 16], 24, "chats", capsys)
+    assert logged(tmp_path / "run", "data/chats/bad_records")[24] == 2
 
 
 # ---------------------------------------------------------------- reward, DPO, GRPO: files read at start-up

@@ -4,8 +4,10 @@ pasted sizes, a damaged shard."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,11 +20,18 @@ from tests.viewer.conftest import WEB_PY, app, raw_dir, shard_dir, viewer_env  #
 
 
 def _texts(elements) -> str:
-    return " | ".join(str(e.value) for e in elements)
+    """The elements' Markdown bodies as the page shows them (the viewer escapes every punctuation mark)."""
+    return re.sub(r"\\(.)", r"\1", " | ".join(str(e.value) for e in elements))
 
 
 def _ratio(app, name: str) -> str:
     return next(t for t in app.text_input if t.label == f"{name} %").value
+
+
+def _browser_available() -> bool:
+    from utils.sampler_viewer.browser import find_chromium
+
+    return find_chromium() is not None and importlib.util.find_spec("playwright") is not None
 
 
 def free_port() -> int:
@@ -147,3 +156,47 @@ def test_counting_tokens_of_a_damaged_shard_names_it_on_the_page_and_caches_noth
     assert not app.exception
     assert f"news: cannot read its data ({shard}: corrupt shard (sha256 does not match manifest)" in _texts(app.error)
     assert not (shard_dir / "news" / "token_counts.json").exists()
+
+
+# ---------------------------------------------------------------- 10. source names are shown literally
+
+
+MARKDOWN_NAMES = ("**bold** [link](javascript:alert(2))",
+                  "_em_ [site](https:x.y) :red[red] :tada: $x^2$ <img src=x onerror=alert(1)> `tick`")
+
+
+def _type_ratio(page, name: str, text: str) -> None:
+    """Type into the ratio input whose visible label reads `name %` (its aria-label is the Markdown source)."""
+    page.settle()
+    box = page.page.locator('[data-testid="stTextInput"]').filter(
+        has=page.page.locator("label", has_text=re.compile(f"^{re.escape(name)} %$")))
+    box.locator("input").fill(text)
+    box.locator("input").press("Enter")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _browser_available(), reason="chromium or playwright missing: run .ci/install_browser.sh")
+def test_source_names_that_spell_markdown_are_shown_literally_in_chromium(tmp_path, shard_dir, viewer_env):
+    """Directory names holding Markdown, Streamlit's :color[]/:emoji:/$LaTeX$ and HTML: every place the page
+    shows a name (sources table, ratio label, plan table, left-out warning) shows its characters, and the page
+    holds no link, bold text, image or dialog made from them."""
+    from utils.sampler_viewer.browser import chromium_page, streamlit_server
+
+    for name, source in zip(MARKDOWN_NAMES, ("news", "wiki"), strict=True):
+        (shard_dir / source).rename(shard_dir / name)
+    env = {k: str(v) for k, v in viewer_env.items()}
+    bold, other = MARKDOWN_NAMES
+    with streamlit_server(env, tmp_path / "streamlit.log") as url, chromium_page() as page:
+        dialogs: list[str] = []
+        page.page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.open(url, ready_text="Ratios")
+        page.wait_for_row(bold, "shards")  # the sources table
+        _type_ratio(page, other, "0")  # the ratio label shows the literal name
+        page.wait_for_row(other, "0", "0.00")  # the plan table
+        _type_ratio(page, bold, "40")
+        page.wait_for_row(bold, "40", "100.00")
+        page.wait_for_text(f"Left out (ratio 0): {other}.")
+        main = page.page.locator('[data-testid="stMain"]')
+        found = main.locator("a[href]:not([href^='#']), strong, em, img, code:has-text('tick'), .katex")
+        assert found.count() == 0, [found.nth(i).evaluate("e => e.outerHTML") for i in range(found.count())]
+        assert main.inner_text().count(bold) >= 2 and dialogs == []

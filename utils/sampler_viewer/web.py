@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .` too
 
+from llms_trainer.sampler_viewer.page_text import code, literal  # noqa: E402
 from llms_trainer.sampler_viewer.plan import (  # noqa: E402
     Plan,
     PolicyExistsError,
@@ -96,11 +97,11 @@ def load_sources(data_dir: str, tokenizer_key: str, pasted: str) -> list[Source]
             return parse_pasted_sizes(pasted)
         sources, warnings = scan_data_dir(resolve(data_dir), tokenizer_key or None)
     except ViewerError as err:
-        st.error(str(err))
+        st.error(literal(err))
         st.stop()
     for warning in warnings:
-        st.warning(warning)
-    st.caption(f"Sources in `{shown(resolve(data_dir))}`")
+        st.warning(literal(warning))
+    st.caption(f"Sources in {code(shown(resolve(data_dir)))}")
     return sources
 
 
@@ -113,16 +114,16 @@ def count_button(sources: list[Source], tokenizer_key: str) -> None:
     try:
         tokenizer = load_tokenizer(resolve(tokenizer_key))
         for source in missing:
-            bar = st.progress(0.0, text=f"counting tokens of {source.name}")
-            count_tokens(source, tokenizer, tokenizer_key, progress=lambda f, b=bar, n=source.name: b.progress(
-                f, text=f"counting tokens of {n}"))
+            label = f"counting tokens of {literal(source.name)}"
+            bar = st.progress(0.0, text=label)
+            count_tokens(source, tokenizer, tokenizer_key, progress=lambda f, b=bar, t=label: b.progress(f, text=t))
             bar.empty()
     except ViewerError as err:
-        st.error(str(err))
+        st.error(literal(err))
 
 
 def sources_table(sources: list[Source]) -> None:
-    rows = [{"source": s.name, "kind": s.kind, "raw MB": f"{s.raw_bytes / MB:,.3f}",
+    rows = [{"source": literal(s.name), "kind": s.kind, "raw MB": f"{s.raw_bytes / MB:,.3f}",
              "compressed MB": "—" if s.zst_bytes is None else f"{s.zst_bytes / MB:,.3f}",
              "records": "—" if s.records is None else f"{s.records:,}",
              "tokens": amount(s.tokens, TOKENS), "bad lines": "—" if s.bad_lines is None else f"{s.bad_lines:,}"}
@@ -142,7 +143,7 @@ def ratio_inputs(sources: list[Source], scope: str) -> dict[str, str]:
         key = f"pct::{scope}::{source.name}"
         if key not in st.session_state or st.session_state[key] == shown_defaults.get(source.name):
             st.session_state[key] = defaults[source.name]
-        texts[source.name] = columns[i % len(columns)].text_input(f"{source.name} %", key=key)
+        texts[source.name] = columns[i % len(columns)].text_input(f"{literal(source.name)} %", key=key)
     st.session_state[f"pct_defaults::{scope}"] = defaults
     return texts
 
@@ -174,7 +175,7 @@ def plan_view(plan: Plan) -> None:
         st.metric("Over-allocated", f"{-plan.remainder_percent:.2f} %")
     if abs(plan.remainder_percent) > 1e-9:
         st.caption(f"The trainer normalises ratios: each source gets its ratio ÷ {plan.allocated_percent:g} %.")
-    rows = [{"source": r.name, "ratio %": f"{r.percent:g}", "share %": f"{100 * r.share:.2f}",
+    rows = [{"source": literal(r.name), "ratio %": f"{r.percent:g}", "share %": f"{100 * r.share:.2f}",
              "original %": f"{100 * r.original_share:.2f}", f"available ({label})": amount(r.available, plan.unit),
              f"sampled ({label})": amount(r.sampled, plan.unit), "epochs": f"{r.epochs:.3f}"} for r in plan.rows]
     rows.append({"source": "total", "ratio %": f"{plan.allocated_percent:g}", "share %": "100.00",
@@ -186,8 +187,9 @@ def plan_view(plan: Plan) -> None:
     st.bar_chart(chart, stack=False, y_label="% of training amount")
     if plan.left_out:
         kept = [r.name for r in plan.rows if r.percent > 0]
-        st.warning(f"Left out (ratio 0): {', '.join(plan.left_out)}. They are omitted from the policy, and the "
-                   f"trainer errors if data.data lists a source the policy lacks: list only {', '.join(kept)}.")
+        st.warning(literal(f"Left out (ratio 0): {', '.join(plan.left_out)}. They are omitted from the policy, and "
+                           f"the trainer errors if data.data lists a source the policy lacks: list only "
+                           f"{', '.join(kept)}."))
 
 
 def save_section(percents: dict[str, float], policy_dir: str) -> None:
@@ -197,20 +199,20 @@ def save_section(percents: dict[str, float], policy_dir: str) -> None:
         policy = policy_from_percents(percents)
         path = policy_path(policy_root(), name, resolve(policy_dir))
     except ViewerError as err:
-        st.error(str(err))
+        st.error(literal(err))
         return
-    st.caption(f"Writes `{shown(path)}`:")
+    st.caption(f"Writes {code(shown(path))}:")
     st.code(json.dumps(policy, indent=2), language="json")
     st.button("Save policy", key="save", type="primary", on_click=write, args=(policy, str(path), False))
     pending = st.session_state.get("pending_overwrite")
     if pending:
-        st.warning(f"{shown(Path(pending['path']))} exists. Overwrite it?")
+        st.warning(literal(f"{shown(Path(pending['path']))} exists. Overwrite it?"))
         yes, no = st.columns(2)
         yes.button("Overwrite", key="overwrite", on_click=write, args=(pending["policy"], pending["path"], True))
         no.button("Cancel", key="cancel", on_click=cancel)
     kind, message = st.session_state.pop("save_message", (None, ""))
     if kind:
-        getattr(st, kind)(message)
+        getattr(st, kind)(literal(message))
 
 
 def write(policy: dict[str, float], path: str, overwrite: bool) -> None:
@@ -254,7 +256,7 @@ def plan_page() -> None:
         percents = parse_percents(texts)
         plan = make_plan(sources, percents, planned_total(sources, plan_unit(sources), scope))
     except ViewerError as err:
-        st.error(str(err))
+        st.error(literal(err))
         return
     plan_view(plan)
     save_section(percents, policy_dir)

@@ -33,7 +33,8 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> ResumableLoader:
         sources=sources, weights=weights, seq_length=d.seq_length, batch_size=cfg.train.train_batch_size,
         mode="concat" if d.concat_multiple_sequence else d.sequence_sample_mode, pad_to_max=d.pad_to_max,
         seed=cfg.train.seed, max_epochs=cfg.train.num_training_epochs, buffer_records=d.shuffle_buffer_records,
-        document_attention=d.document_attention, holdout_records=cfg.eval.source_holdout_records)
+        document_attention=d.document_attention, holdout_records=cfg.eval.source_holdout_records,
+        on_bad_record=d.on_bad_record)
     data = PretrainData(spec, tokenizer, rank=accelerator.process_index, world_size=accelerator.num_processes)
     return ResumableLoader(data, num_workers=cfg.train.train_num_workers, prefetch_factor=cfg.train.prefetch_factor)
 
