@@ -30,6 +30,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from llms_trainer.config import ConfigError
+
 
 def embedding_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The input and output token embedding weights (one when tied; a classifier has input embeddings only)."""
@@ -38,7 +40,19 @@ def embedding_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
         weight = getattr(module, "weight", None)
         if weight is not None and weight.requires_grad and all(weight is not p for p in found):
             found.append(weight)
+    if not found:
+        raise ConfigError("key train.embedding_warmup_steps: this model has no trainable token embeddings")
     return found
+
+
+def with_embedding_warmup(scheduler: torch.optim.lr_scheduler.LambdaLR, train) -> torch.optim.lr_scheduler.LambdaLR:
+    """`scheduler` (built over num_training_steps - N steps) with the warm-up's factors: the first param group
+    (the embeddings) at embedding_warmup_lr and the others at 0 before step N, then all on the schedule."""
+    if train.embedding_warmup_steps:
+        factor = (train.embedding_warmup_lr or train.lr) / train.lr
+        embeddings, others = phase_lambdas(scheduler.lr_lambdas[0], train.embedding_warmup_steps, factor)
+        scheduler.lr_lambdas = [embeddings] + [others] * (len(scheduler.lr_lambdas) - 1)
+    return scheduler
 
 
 def phase_lambdas(schedule: Callable[[int], float], warmup_steps: int,

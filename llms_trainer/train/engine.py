@@ -27,7 +27,7 @@ from llms_trainer.config import ConfigError, RunConfig
 from llms_trainer.io import zero_stage
 from llms_trainer.model.load import count_parameters
 from llms_trainer.train import checkpoint as ckpt
-from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters, phase_lambdas
+from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters, with_embedding_warmup
 from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, agreed, stop_if_any
 from llms_trainer.train.stages import Stage, StageContext, StageRun, Stats
 
@@ -92,9 +92,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
 
 
 def make_scheduler(optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
-    """transformers' scheduler named by train.lr_scheduler_type (a LambdaLR: lr = train.lr · f(step)); with
-    train.embedding_warmup_steps N, the first param group (the embeddings) gets embedding_warmup_lr and the
-    others 0 before step N, then all follow f over the remaining steps (llms_trainer.train.embedding_warmup)."""
+    """transformers' scheduler named by train.lr_scheduler_type (a LambdaLR: lr = train.lr · f(step)), after
+    train.embedding_warmup_steps when set (llms_trainer.train.embedding_warmup)."""
     from transformers import get_scheduler
 
     warmup = train.embedding_warmup_steps
@@ -104,11 +103,7 @@ def make_scheduler(optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
     scheduler = get_scheduler(train.lr_scheduler_type, optimizer, num_warmup_steps=train.num_warmup_steps,
                               num_training_steps=train.num_training_steps - warmup,
                               scheduler_specific_kwargs=kinds.get(train.lr_scheduler_type))
-    if warmup:
-        factor = (train.embedding_warmup_lr or train.lr) / train.lr
-        embeddings, others = phase_lambdas(scheduler.lr_lambdas[0], warmup, factor)
-        scheduler.lr_lambdas = [embeddings] + [others] * (len(scheduler.lr_lambdas) - 1)
-    return scheduler
+    return with_embedding_warmup(scheduler, train)
 
 
 def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
@@ -319,8 +314,6 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
     """
     t = cfg.train
     first = embedding_parameters(model) if t.embedding_warmup_steps else None
-    if first == []:
-        raise ConfigError("key train.embedding_warmup_steps: this model has no trainable token embeddings")
     optimizer = make_optimizer(model, t.lr, t.weight_decay, first)
     scheduler = make_scheduler(optimizer, t)  # stepped here from the step count: never prepared or saved
     configure_deepspeed(accelerator, t)
