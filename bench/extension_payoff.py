@@ -23,7 +23,7 @@ on Chinese — or "not by N" — and its English forgetting: final minus the ori
 Needs torch, transformers, tokenizers, sentencepiece, safetensors, accelerate, numpy, matplotlib, pydantic,
 zstandard and this package; with --model, not the gguf package.
 
-  python bench/extension_payoff.py --quick                       # a few minutes on CPU: 2 steps per arm
+  python bench/extension_payoff.py --quick                       # a few minutes on CPU: 3 arms, 2 steps each
   python bench/extension_payoff.py --step0                       # what each initialisation does at step 0
   python bench/extension_payoff.py --model work_dirs/smollm2/hf --chars 120000 --device cuda
 """
@@ -56,6 +56,7 @@ from llms_trainer.train.lm_loss import target_logprobs  # noqa: E402
 TRAIN_FILES = [ROOT / "data/shuffled_data/pretrain/wiki_zh.jsonl", ROOT / "data/shuffled_data/pretrain/qa_zh.jsonl"]
 EVAL_FILE = ROOT / "eval_data/pretrain/nll.jsonl"
 DEFAULT_MODEL = ROOT / "work_dirs/smollm2/hf"
+QUICK_ARMS = ("original", "pieces+warmup_new", "pieces_in_mean_out+warmup_all")  # both warm-ups, an untied model
 SEQ_LENGTH = 2048  # longer than any row here: no document is cut by tokens, only by --max-doc-chars
 
 
@@ -250,7 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/extension_payoff")
     parser.add_argument("--quick", action="store_true", help="a few minutes on CPU: 2 tiny steps per arm, "
-                        "2 held-out texts per language (cut to 300 characters), all arms")
+                        "2 held-out texts per language (cut to 300 characters), arms " + ",".join(QUICK_ARMS) +
+                        " unless --arms says otherwise")
     parser.add_argument("--step0", action="store_true", help="only the step-0 figures of every arm (no "
                         "training; all held-out texts): what each initialisation does to the model's output")
     parser.add_argument("--arms", help="comma-separated arm names (default: all): " +
@@ -268,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.chars, args.docs_per_step, args.max_doc_chars, args.eval_points = 600, 3, 100, 1
+        args.arms = args.arms or ",".join(QUICK_ARMS)
     return args
 
 
