@@ -118,6 +118,15 @@ class TrainConfig(Section):
     token_embedding_layer_name: str | list[str] = Field(
         "embed_tokens", description="module name(s) trained with train_token_embeddings_only, e.g. "
         "[embed_tokens, lm_head]")
+    embedding_warmup_steps: int = Field(0, ge=0, description="optimizer steps at the start that train only the "
+                                        "input and output token embeddings, at embedding_warmup_lr (every other "
+                                        "weight at lr 0); the lr schedule then runs over the remaining steps. "
+                                        "0: off")
+    embedding_warmup_lr: float | None = Field(None, gt=0, description="constant learning rate of the embeddings "
+                                              "during embedding_warmup_steps; default: train.lr")
+    embedding_warmup_rows_from: int | None = Field(None, ge=1, description="train only the embedding rows from "
+                                                   "this id on (the new tokens: the old vocabulary size) during "
+                                                   "embedding_warmup_steps; null: all rows")
     num_training_epochs: int | None = Field(None, ge=1, description="stop when every source has been read "
                                             "this many times (also bounded by num_training_steps); reward "
                                             "stage: passes over the pairs")
@@ -398,6 +407,7 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
         fail("train.num_warmup_steps", f"{t.num_warmup_steps} exceeds num_training_steps {t.num_training_steps}")
     if t.use_lora and t.train_token_embeddings_only:
         fail("train.use_lora", "cannot be combined with train_token_embeddings_only; pick one")
+    _check_embedding_warmup(t, fail)
     if t.use_lora and not t.target_modules:
         fail("train.target_modules", "empty; LoRA needs at least one module name, e.g. [q_proj, v_proj]")
     if t.overwrite_work_dir and t.resume == "auto":
@@ -431,6 +441,28 @@ def _check_files(cfg: RunConfig, where: str, check_data: bool = True) -> None:
              f"{cfg.stage_name()}: remove it")
     if t.train_and_eval and not e.eval_methods and not own_evals:
         fail("eval.eval_methods", "empty while train.train_and_eval is true; list methods or set it false")
+
+
+def _check_embedding_warmup(t: TrainConfig, fail) -> None:
+    """train.embedding_warmup_steps leaves steps for the schedule and combines only with full training."""
+    steps = t.embedding_warmup_steps
+    if not steps:
+        for key in ("embedding_warmup_lr", "embedding_warmup_rows_from"):
+            if getattr(t, key) is not None:
+                fail(f"train.{key}", "has no effect without train.embedding_warmup_steps; set both or neither")
+        return
+    if t.embedding_warmup_rows_from is not None and t.weight_decay:
+        fail("train.embedding_warmup_rows_from", f"needs train.weight_decay 0 (got {t.weight_decay}): AdamW's "
+             "decay would move the rows it keeps frozen")
+    if t.num_training_steps is not None and steps >= t.num_training_steps:
+        fail("train.embedding_warmup_steps", f"{steps} leaves no step of num_training_steps "
+             f"{t.num_training_steps} for training all weights")
+    if t.num_training_steps is not None and t.num_warmup_steps > t.num_training_steps - steps:
+        fail("train.num_warmup_steps", f"{t.num_warmup_steps} exceeds the {t.num_training_steps - steps} steps "
+             "after train.embedding_warmup_steps")
+    for key in ("use_lora", "train_token_embeddings_only"):
+        if getattr(t, key):
+            fail("train.embedding_warmup_steps", f"cannot be combined with train.{key}; pick one")
 
 
 def _check_kernels(t: TrainConfig, fail) -> None:

@@ -74,6 +74,12 @@ DESCRIPTIONS_ZH: dict[str, str] = {
     "train.train_token_embeddings_only": "冻结 token_embedding_layer_name 指定的层以外的所有参数",
     "train.token_embedding_layer_name": (
         "train_token_embeddings_only 时训练的模块名（一个或多个），例如 [embed_tokens, lm_head]"),
+    "train.embedding_warmup_steps": (
+        "开始时只训练输入和输出词嵌入的优化器步数，学习率为 embedding_warmup_lr（其余权重学习率为 0）；"
+        "之后学习率调度在剩余步数上运行。0：关闭"),
+    "train.embedding_warmup_lr": "embedding_warmup_steps 期间词嵌入的恒定学习率；默认：train.lr",
+    "train.embedding_warmup_rows_from": (
+        "embedding_warmup_steps 期间只训练从这个 id 开始的嵌入行（新 token：旧词表大小）；null：所有行"),
     "train.num_training_epochs": (
         "每个数据源都被读完这么多遍时停止（同时受 num_training_steps 限制）；reward 阶段：遍历偏好对的轮数"),
     "train.downscale_weight": "reward 阶段：把新初始化的打分头权重乘以 0.1；在其他阶段不起作用",

@@ -62,11 +62,8 @@ def nll_windows(ids: list[int], seq_length: int) -> list[tuple[list[int], list[i
     return windows
 
 
-def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int, device: Any,
-               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, autocast: Autocast = nullcontext) -> list[tuple[float, int]]:
-    """(summed NLL in nats, number of targets) per window, for one right-padded batch of windows.
-
-    Only target positions go through the LM head, `chunk_tokens` at a time (lm_loss.target_logprobs)."""
+def window_batch(windows: list[tuple[list[int], list[int]]], fill: int, device: Any) -> tuple[dict, torch.Tensor]:
+    """(model inputs, aligned targets with IGNORE_INDEX on padding) of one right-padded batch of windows."""
     width = max(len(inputs) for inputs, _ in windows)
     ids = torch.full((len(windows), width), fill, dtype=torch.long)
     labels = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
@@ -75,8 +72,16 @@ def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int
         ids[row, :len(inputs)] = torch.tensor(inputs)
         labels[row, :len(targets)] = torch.tensor(targets)
         mask[row, :len(inputs)] = 1
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}
-    logprobs = target_logprobs(model, inputs, labels.to(device), chunk_tokens=chunk_tokens, autocast=autocast)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}, labels.to(device)
+
+
+def window_nll(model: Any, windows: list[tuple[list[int], list[int]]], fill: int, device: Any,
+               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, autocast: Autocast = nullcontext) -> list[tuple[float, int]]:
+    """(summed NLL in nats, number of targets) per window, for one right-padded batch of windows.
+
+    Only target positions go through the LM head, `chunk_tokens` at a time (lm_loss.target_logprobs)."""
+    inputs, labels = window_batch(windows, fill, device)
+    logprobs = target_logprobs(model, inputs, labels, chunk_tokens=chunk_tokens, autocast=autocast)
     sums = (-logprobs.double()).sum(dim=1).tolist()
     counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
     return list(zip(sums, counts, strict=True))

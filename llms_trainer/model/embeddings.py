@@ -1,11 +1,22 @@
 """Extend a causal LM's vocabulary to a larger tokenizer with mean-initialised embedding rows.
 
-Rules for a row of a new token (input embeddings, and the output embeddings when they are not tied):
+Rules for a row of a new token:
 - "pieces": the mean of the old rows of the pieces the OLD tokenizer splits the new token's decoded text into
   (no special tokens; a lone "▁" piece only when it is the only piece);
 - "special" (a special token) and "no_pieces" (text the old tokenizer cannot split into old pieces): the
   mean of all old rows.
-Old rows stay bit-identical; tied input/output embeddings stay tied; `config.vocab_size` follows.
+Which matrix follows which rule is the initialisation (`INITS`), and it decides the model's output at step 0:
+- "pieces": input and output rows by the rules. A new token's logit is the mean of its pieces' logits, so
+  new tokens compete with the old ones from the start: text that still uses old tokens (English) is
+  predicted worse, new pieces are predicted roughly as well as their first old piece.
+- "mean": input and output rows are the mean of all old rows. Every new token's logit is the mean of the old
+  logits, so each gets at most 1/old_vocab of the probability mass an old token gets on average (Jensen):
+  the old tokens' predictions barely change, new tokens start improbable and carry no meaning as inputs.
+- "pieces_in_mean_out": input rows by the rules (new tokens read as their pieces), output rows the mean of all
+  old rows (predictions of old tokens nearly unchanged, new tokens start improbable). Needs separate output
+  embeddings: a tied model is refused unless `untie=True` copies the shared matrix into its own output
+  matrix first (vocab × hidden more parameters; the model stays untied from then on).
+Old rows stay bit-identical; tied input/output embeddings stay tied (unless untied); `config.vocab_size` follows.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from llms_trainer.tokenizer.save import conform_tokenizer, save_tokenizer
 
 SPACE_PIECE = "▁"
 RULES = ("pieces", "special", "no_pieces")
+INITS = ("pieces", "mean", "pieces_in_mean_out")
 
 
 def check_extends(old_tokenizer, new_tokenizer) -> None:
@@ -63,11 +75,13 @@ def init_plan(old_tokenizer, new_tokenizer) -> list[tuple[int, str, list[int]]]:
 
 
 @torch.no_grad()
-def _fill_rows(weight: torch.Tensor, plan: list[tuple[int, str, list[int]]], old_size: int) -> None:
-    """Overwrite the planned rows with means of old rows (computed in float32)."""
+def _fill_rows(weight: torch.Tensor, plan: list[tuple[int, str, list[int]]], old_size: int,
+               by_pieces: bool = True) -> None:
+    """Overwrite the planned rows with means of old rows (computed in float32): of the planned old ids when
+    `by_pieces`, else of all old rows."""
     everything = weight[:old_size].float().mean(0)
     for token_id, _, ids in plan:
-        row = weight[ids].float().mean(0) if ids else everything
+        row = weight[ids].float().mean(0) if ids and by_pieces else everything
         weight[token_id] = row.to(weight.dtype)
 
 
@@ -77,20 +91,38 @@ def tied(model) -> bool:
     return out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
-def extend_embeddings(model, old_tokenizer, new_tokenizer) -> dict[str, int]:
-    """Resize `model` for `new_tokenizer` and mean-initialise the new rows in place; returns rows per rule."""
+def untie_output_embeddings(model) -> None:
+    """Give a tied model its own output matrix, a copy of the shared one (same outputs, more parameters)."""
+    out = model.get_output_embeddings()
+    out.weight = torch.nn.Parameter(out.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    model.config.get_text_config().tie_word_embeddings = False
+
+
+def extend_embeddings(model, old_tokenizer, new_tokenizer, init: str = "pieces",
+                      untie: bool = False) -> dict[str, int]:
+    """Resize `model` for `new_tokenizer` and initialise the new rows in place by `init` (see the module
+    docstring); returns rows per rule (of the input rows under "pieces"/"pieces_in_mean_out")."""
+    if init not in INITS:
+        raise TokenizerError(f"unknown initialisation {init!r}; use one of {', '.join(INITS)}")
     check_extends(old_tokenizer, new_tokenizer)
     old_size, new_size = len(old_tokenizer), len(new_tokenizer)
     model_rows = model.get_input_embeddings().weight.shape[0]
     if model_rows < old_size:
         raise TokenizerError(f"the model has {model_rows} embedding rows, fewer than the old tokenizer's "
                              f"{old_size} tokens: --old-tokenizer is not this model's tokenizer")
-    plan = init_plan(old_tokenizer, new_tokenizer)
+    if untie and tied(model):
+        untie_output_embeddings(model)
     was_tied = tied(model)
+    if init == "pieces_in_mean_out" and was_tied:
+        raise TokenizerError("initialisation pieces_in_mean_out needs separate output embeddings but this model "
+                             "ties them to the input embeddings; add --untie (copies them: vocab × hidden more "
+                             "parameters) or use --init pieces or --init mean")
+    plan = init_plan(old_tokenizer, new_tokenizer)
     model.resize_token_embeddings(max(new_size, model_rows), mean_resizing=False)
-    _fill_rows(model.get_input_embeddings().weight, plan, old_size)
+    _fill_rows(model.get_input_embeddings().weight, plan, old_size, by_pieces=init != "mean")
     if not was_tied and model.get_output_embeddings() is not None:
-        _fill_rows(model.get_output_embeddings().weight, plan, old_size)
+        _fill_rows(model.get_output_embeddings().weight, plan, old_size, by_pieces=init == "pieces")
     if was_tied and not tied(model):
         raise TokenizerError("resizing untied the input and output embeddings")
     model.config.get_text_config().vocab_size = max(new_size, model_rows)
@@ -108,8 +140,9 @@ def _load(kind: str, path: Path, loader, **kwargs):
 
 
 def extend_model(model_dir: str | Path, old_tokenizer_dir: str | Path, new_tokenizer_dir: str | Path,
-                 output: str | Path) -> dict:
-    """Load model + tokenizers, extend, save model and new tokenizer as `output` (whole or not at all).
+                 output: str | Path, init: str = "pieces", untie: bool = False) -> dict:
+    """Load model + tokenizers, extend (`init`, `untie`: see extend_embeddings), save model and new tokenizer
+    as `output` (whole or not at all).
 
     The new tokenizer gets the BOS/pad conventions first (a `<|pad|>` it has to add gets a row too) and is
     saved with its tokenizer.model.
@@ -124,9 +157,10 @@ def extend_model(model_dir: str | Path, old_tokenizer_dir: str | Path, new_token
     conform_tokenizer(new_tokenizer)
     model = _load("model", model_dir, AutoModelForCausalLM.from_pretrained, dtype="auto")
     old_rows = model.get_input_embeddings().weight.shape[0]
-    counts = extend_embeddings(model, old_tokenizer, new_tokenizer)
+    counts = extend_embeddings(model, old_tokenizer, new_tokenizer, init, untie)
     with new_output_dir(output) as out:
         model.save_pretrained(str(out))
         save_tokenizer(new_tokenizer, out, source_dir=new_tokenizer_dir)
     return {"old_rows": old_rows, "new_rows": model.get_input_embeddings().weight.shape[0],
-            "tied": tied(model), "rules": counts, "output": str(output)}
+            "tied": tied(model), "rules": counts, "init": init,
+            "output": str(output)}

@@ -27,6 +27,7 @@ from llms_trainer.config import ConfigError, RunConfig
 from llms_trainer.io import zero_stage
 from llms_trainer.model.load import count_parameters
 from llms_trainer.train import checkpoint as ckpt
+from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters, with_embedding_warmup
 from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, agreed, stop_if_any
 from llms_trainer.train.stages import Stage, StageContext, StageRun, Stats
 
@@ -71,14 +72,19 @@ def build_accelerator(cfg: RunConfig):
         step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   first: list[torch.nn.Parameter] | None = None) -> torch.optim.AdamW:
     """AdamW(0.9, 0.95); no weight decay on 1-D parameters (every norm, the final one included, and biases).
 
-    The fused kernel (CPU and CUDA) is used where the parameters allow it: same update, one kernel per step.
+    `first` (2-D parameters) get a param group of their own, the first (the embedding warm-up's). The fused
+    kernel (CPU and CUDA) is used where the parameters allow it: same update, one kernel per step.
     """
+    first = first or []
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    rest = [p for p in params if all(p is not f for f in first)]
+    groups = [{"params": first, "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
                   for p in params)
@@ -86,15 +92,18 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 
 
 def make_scheduler(optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
-    """transformers' scheduler named by train.lr_scheduler_type (a LambdaLR: lr = train.lr · f(step))."""
+    """transformers' scheduler named by train.lr_scheduler_type (a LambdaLR: lr = train.lr · f(step)), after
+    train.embedding_warmup_steps when set (llms_trainer.train.embedding_warmup)."""
     from transformers import get_scheduler
 
+    warmup = train.embedding_warmup_steps
     kinds = {"cosine_with_min_lr": {"min_lr": train.min_lr},
              "warmup_stable_decay": {"num_decay_steps": train.num_decay_steps or max(1, train.num_training_steps // 10),
                                      "min_lr_ratio": train.min_lr / train.lr}}
-    return get_scheduler(train.lr_scheduler_type, optimizer, num_warmup_steps=train.num_warmup_steps,
-                         num_training_steps=train.num_training_steps,
-                         scheduler_specific_kwargs=kinds.get(train.lr_scheduler_type))
+    scheduler = get_scheduler(train.lr_scheduler_type, optimizer, num_warmup_steps=train.num_warmup_steps,
+                              num_training_steps=train.num_training_steps - warmup,
+                              scheduler_specific_kwargs=kinds.get(train.lr_scheduler_type))
+    return with_embedding_warmup(scheduler, train)
 
 
 def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
@@ -304,7 +313,8 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
     checkpoint (see llms_trainer.train.workdir).
     """
     t = cfg.train
-    optimizer = make_optimizer(model, t.lr, t.weight_decay)
+    first = embedding_parameters(model) if t.embedding_warmup_steps else None
+    optimizer = make_optimizer(model, t.lr, t.weight_decay, first)
     scheduler = make_scheduler(optimizer, t)  # stepped here from the step count: never prepared or saved
     configure_deepspeed(accelerator, t)
     model, prepared_optimizer = accelerator.prepare(model, optimizer)
@@ -316,6 +326,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
         step, tokens_seen = saved["step"], saved["tokens_seen"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
     set_schedule_step(scheduler, step)
+    new_rows_only = NewRowsOnly(first or [], t.embedding_warmup_rows_from, t.embedding_warmup_steps)
     logger.start_at(step)
     result = TrainResult(step=step, last_checkpoint=resume_from)
     last_saved, last_eval, save_due = (step if resume_from is not None else -1), -1, False
@@ -385,6 +396,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
                 continue
             empty_in_a_row = 0
             lr_used = optimizer.param_groups[0]["lr"]
+            new_rows_only.update(step)
             loss, stats, grad_norm = optimizer_step(run, model, micro, items, accelerator, prepared_optimizer,
                                                     trainable, t.max_grad_norm, step, result.last_checkpoint)
             step += 1

@@ -65,6 +65,46 @@ def test_new_rows_are_means_of_old_pieces_and_old_rows_are_untouched(tie, tiny_t
     assert (new_in.data_ptr() == new_out.data_ptr()) == tie
 
 
+@pytest.mark.parametrize(("init", "tie", "untie"), [("mean", True, False), ("mean", False, False),
+                                                     ("pieces_in_mean_out", False, False),
+                                                     ("pieces_in_mean_out", True, True)])
+def test_each_initialisation_gives_its_hand_computed_rows(init, tie, untie, tiny_tokenizer, new_tokenizer_dir):
+    new_tokenizer = AutoTokenizer.from_pretrained(str(new_tokenizer_dir))
+    model = tiny_model(tie)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    extend_embeddings(model, tiny_tokenizer, new_tokenizer, init=init, untie=untie)
+    new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert torch.equal(new_in[:700], old_in) and torch.equal(new_out[:700], old_out)
+    assert (new_in.data_ptr() == new_out.data_ptr()) == (tie and not untie)
+    assert model.config.tie_word_embeddings == (tie and not untie)
+    for token_id, pieces_row in expected_rows(old_in, tiny_tokenizer, new_tokenizer).items():
+        torch.testing.assert_close(new_in[token_id], old_in.mean(0) if init == "mean" else pieces_row,
+                                   rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(new_out[token_id], old_out.mean(0), rtol=1e-6, atol=1e-7)
+
+
+def test_mean_output_rows_leave_old_predictions_nearly_unchanged(tiny_tokenizer, new_tokenizer_dir):
+    """Output rows at the mean of the old ones: all new tokens together get at most new/old_vocab of the mass
+    (Jensen), so old tokens keep their relative probabilities and lose at most that much."""
+    new_tokenizer = AutoTokenizer.from_pretrained(str(new_tokenizer_dir))
+    model = tiny_model(tie=False)
+    ids = torch.tensor([tiny_tokenizer.encode("the model reads text")])
+    with torch.no_grad():
+        before = model(ids).logits.log_softmax(-1)
+        extend_embeddings(model, tiny_tokenizer, new_tokenizer, init="pieces_in_mean_out")
+        after = model(ids).logits.log_softmax(-1)
+    new_mass = after[..., 700:].exp().sum(-1)
+    assert (new_mass <= (len(new_tokenizer) - 700) / 700 + 1e-6).all()
+    torch.testing.assert_close(after[..., :700] - torch.log1p(-new_mass)[..., None], before, rtol=0, atol=1e-5)
+
+
+def test_a_tied_model_needs_untie_for_pieces_in_mean_out(tiny_tokenizer, new_tokenizer_dir):
+    new_tokenizer = AutoTokenizer.from_pretrained(str(new_tokenizer_dir))
+    with pytest.raises(TokenizerError, match="ties them to the input embeddings; add --untie"):
+        extend_embeddings(tiny_model(tie=True), tiny_tokenizer, new_tokenizer, init="pieces_in_mean_out")
+
+
 def test_lone_space_piece_only_when_alone_and_specials_give_no_pieces(tiny_tokenizer):
     space = tiny_tokenizer.convert_tokens_to_ids("▁")
     assert tiny_tokenizer.tokenize("模型") == ["▁模", "型"]
@@ -136,7 +176,11 @@ def test_cli_reports_rules_and_fails_cleanly(tmp_path, capsys, tiny_tokenizer_di
     assert main(args + [str(new_tokenizer_dir), "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "4 rows: special token" in out and f"wrote {tmp_path / 'out'}" in out
+    tiny_model(tie=True).save_pretrained(str(tmp_path / "tied"))
+    tied_args = ["--model", str(tmp_path / "tied")] + args[2:] + [str(new_tokenizer_dir)]
+    assert main(tied_args + ["--output", str(tmp_path / "out3"), "--init", "pieces_in_mean_out"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: initialisation pieces_in_mean_out")
     assert main(args + [str(tmp_path / "missing"), "--output", str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {tmp_path / 'missing'}: no such tokenizer directory"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out", "tied"]
