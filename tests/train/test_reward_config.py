@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.helpers import write_jsonl
 from tests.train.conftest import RecordingLogger
 from tests.train.reward_support import preference_records, reward_config, write_pairs

@@ -9,10 +9,11 @@ import subprocess
 import pytest
 import torch
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train import engine
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.train import toy_stage
 from tests.train.conftest import RecordingLogger
 from train_llms import main
