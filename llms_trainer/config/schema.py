@@ -208,10 +208,20 @@ class RunConfig(Section):
         return self.stages_[self.stage_name()]
 
 
+_MODELS: dict[tuple, type[RunConfig]] = {}  # one class per registry, so configs of one registry compare equal
+
+
 def run_config_model(stages: Mapping[str, StageSection]) -> type[RunConfig]:
     """The RunConfig class of a stage registry: `stage` naming them, each stage's section (None unless given;
     after the top-level keys) and the shared sections extended by the keys stages add to them (after the
     shared keys, in registry order)."""
+    key = tuple((name, id(stage)) for name, stage in stages.items())
+    if key not in _MODELS:
+        _MODELS[key] = _assemble(stages)
+    return _MODELS[key]
+
+
+def _assemble(stages: Mapping[str, StageSection]) -> type[RunConfig]:
     fields: dict[str, Any] = {
         "stage": (str | None, Field(None, description=f"the stage to run: {', '.join(stages)} (default: data.mode; "
                                     "train_reward_model.py and train_rl.py set it)"))}
