@@ -217,7 +217,7 @@ def main() -> None:
     reset_accelerate()
     from accelerate import Accelerator
 
-    from llms_trainer.config import load_config
+    from llms_trainer.train.stages import load_config
 
     loader = pretrain.build_train_data(load_config(config), load_tokenizer(str(TOKENIZER)), Accelerator())
     reset_accelerate()

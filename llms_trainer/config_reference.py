@@ -1,7 +1,7 @@
 """The config reference: every YAML key with its type, default and description, generated from the schema.
 
-`reference_markdown()` renders the pydantic field descriptions of llms_trainer.config as Markdown tables, one
-per section, so the documentation never drifts from what the loader accepts; `reference_markdown("zh")` renders
+`reference_markdown()` renders the pydantic field descriptions of the config (llms_trainer.config assembled with
+every registered stage's section and keys) as Markdown tables, one per section, so the documentation never drifts from what the loader accepts; `reference_markdown("zh")` renders
 the same tables in Chinese, with the descriptions of llms_trainer/config_descriptions_zh.py (a test fails when a
 key has no Chinese description or a Chinese description names no key). README.md and README_zh.md hold the
 output between two markers;
@@ -15,6 +15,7 @@ fails when a README is stale.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import types
 import typing
@@ -25,13 +26,12 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from llms_trainer.config import DataConfig, EvalConfig, RunConfig, TrainConfig
+from llms_trainer.config import SHARED, RunConfig, StageSection, run_config_model
 from llms_trainer.config_descriptions_zh import DESCRIPTIONS_ZH
+from llms_trainer.train.stages import config_stages
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 LANGS = ("en", "zh")
-SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
-    ("top level", RunConfig), ("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig))
 # per language: section title of the top-level keys, table header, words of the type and default columns
 WORDS = {
     "en": {"top level": "top level", "header": "| key | type | default | meaning |", "or": "or",
@@ -43,7 +43,8 @@ WORDS = {
 
 def _type_name(annotation, lang: str = "en") -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
-    for noise in ("typing.", "llms_trainer.config.", "<class '", "'>", "NoneType"):
+    text = re.sub(r"llms_trainer\.[\w.]*\.", "", text)  # a section model's module path
+    for noise in ("typing.", "<class '", "'>", "NoneType"):
         text = text.replace(noise, "None" if noise == "NoneType" else "")
     return text.replace("Literal", f"{WORDS[lang]['one of']} ").replace("|", WORDS[lang]["or"])
 
@@ -64,13 +65,19 @@ def _section_of(annotation) -> type[BaseModel] | None:
     return None
 
 
-def stage_sections() -> list[tuple[str, type[BaseModel]]]:
-    """The per-stage sections (sft:, reward:, dpo:, grpo:) that have keys."""
-    hints = typing.get_type_hints(RunConfig)
-    found = []
-    for name in RunConfig.model_fields:
+def schema() -> type[RunConfig]:
+    """The RunConfig of every registered stage this install has."""
+    return run_config_model({name: s for name, s in config_stages().items() if isinstance(s, StageSection)})
+
+
+def sections(model: type[RunConfig]) -> list[tuple[str, type[BaseModel]]]:
+    """(title, model) of each table: the top level, the shared sections, then the stages' sections that have
+    keys (in registry order)."""
+    hints = typing.get_type_hints(model)
+    found = [("top level", model)]
+    for name in (*SHARED, *(n for n in model.model_fields if n not in SHARED)):
         section = _section_of(hints[name])
-        if section is not None and section.model_fields and name not in ("data", "train", "eval"):
+        if section is not None and (section.model_fields or name in SHARED):
             found.append((name, section))
     return found
 
@@ -78,10 +85,11 @@ def stage_sections() -> list[tuple[str, type[BaseModel]]]:
 def _keys() -> Iterator[tuple[str, str, object, FieldInfo]]:
     """(section title, key, annotation, field) of every key, in reference order; nested sections are skipped
     (they get their own table)."""
-    for title, model in (*SECTIONS, *stage_sections()):
-        prefix = "" if model is RunConfig else f"{title}."
-        hints = typing.get_type_hints(model)
-        for name, field in model.model_fields.items():
+    model = schema()
+    for title, section in sections(model):
+        prefix = "" if section is model else f"{title}."
+        hints = typing.get_type_hints(section)
+        for name, field in section.model_fields.items():
             annotation = hints.get(name, field.annotation)
             if _section_of(annotation) is None:
                 yield title, f"{prefix}{name}", annotation, field

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from llms_trainer.config import STAGE_SECTIONS, DataConfig, EvalConfig, RunConfig, TrainConfig
+from llms_trainer.config import SHARED, run_config_model
 from llms_trainer.config_descriptions_zh import DESCRIPTIONS_ZH
 from llms_trainer.config_reference import all_keys, main, reference_markdown
+from llms_trainer.train.stages import config_stages
 
 
 def _schema_sections():
-    """Every section of the schema with its key prefix, taken from config.py rather than the reference."""
-    sections = [("", RunConfig), ("data.", DataConfig), ("train.", TrainConfig), ("eval.", EvalConfig)]
-    for section in STAGE_SECTIONS.values():
-        model = RunConfig.model_fields[section].annotation.__args__[0]  # `XConfig | None`
-        sections.append((f"{section}.", model))
+    """Every section of the schema with its key prefix, taken from the stage registry rather than the
+    reference."""
+    stages = config_stages()
+    model = run_config_model(stages)
+    sections = [("", model), *((f"{name}.", model.model_fields[name].annotation) for name in SHARED)]
+    for name, stage in stages.items():
+        if stage.model is not None:
+            sections.append((f"{name}.", stage.model))
     return sections
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llms_trainer.config import load_config
 from llms_trainer.data.mixing import load_policy
 from llms_trainer.model.load import load_model_config
+from llms_trainer.train.stages import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

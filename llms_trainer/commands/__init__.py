@@ -8,9 +8,4 @@ repository these modules belong to, never from the working directory.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-# The checkout holding configs/, data/, eval_data/ and utils/: the same directory as
-# The repository root (bundled configs, tokenizers, sample data); config.py imports it from here, which
-# keeps this package light (no torch) so every --help stays instant.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from llms_trainer.paths import REPO_ROOT  # noqa: F401 (the commands read bundled defaults from it)

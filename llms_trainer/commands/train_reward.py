@@ -19,10 +19,8 @@ from llms_trainer.commands import REPO_ROOT
 from llms_trainer.train import cli
 
 DEMO_CONFIG = str(REPO_ROOT / "configs/reward_model_configs/tiny_demo.yaml")
-KEYS = ["data.reward_model_datasets", "data.batch_size", "data.seq_length", "data.dataset_map_num_proc",
-        "train.num_training_epochs", "train.num_training_steps", "train.downscale_weight", "train.use_lora",
-        "data.on_bad_record", "reward.center_rewards_coefficient", "eval.test_reward_model_acc_files",
-        "eval.save_delta_scores", "eval.delta_scores_save_path", "eval.batch_size"]
+KEYS = ["data.seq_length", "train.num_training_epochs", "train.num_training_steps", "train.downscale_weight",
+        "train.use_lora", "data.on_bad_record", "eval.batch_size"]  # after those of the reward stage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,7 @@ from llms_trainer.commands import REPO_ROOT
 from llms_trainer.train import cli
 
 DEMO_CONFIG = str(REPO_ROOT / "configs/rl_configs/dpo_tiny_demo.yaml")
-KEYS = ["stage", "dpo.datasets", "dpo.eval_datasets", "dpo.beta", "dpo.loss_type", "dpo.label_smoothing",
-        "dpo.precompute_ref_logps", "grpo.prompts", "grpo.eval_prompts", "grpo.num_generations",
-        "grpo.max_new_tokens", "grpo.temperature", "grpo.top_p", "grpo.generation_batch_size", "grpo.reward_model",
-        "grpo.reward_model_weight", "grpo.normalize_reward_model", "grpo.reward_funcs", "grpo.scale_rewards",
-        "grpo.loss_type", "grpo.epsilon_low", "grpo.epsilon_high", "grpo.beta", "grpo.num_iterations",
-        "grpo.mask_truncated_completions", "train.train_batch_size", "data.seq_length", "data.on_bad_record"]
+KEYS = ["train.train_batch_size", "data.seq_length", "data.on_bad_record"]  # after those of dpo and grpo
 
 
 def main(argv: list[str] | None = None) -> int:

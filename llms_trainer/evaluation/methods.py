@@ -36,7 +36,7 @@ def _generation(cfg, files, tokenizer, accelerator):
     prompts = [p for path in files for p in load_generation_prompts(path)]
     save_dir = Path(e.generation_eval_save_path or Path(cfg.work_dir) / "generation_eval")
     encode = None
-    if cfg.stage_name() in CHAT_STAGES:  # a user turn + the generation prompt; stops at <|endofchat|>
+    if cfg.stage_section().chat:  # a user turn + the generation prompt; stops at <|endofchat|>
         from llms_trainer.data.sft import ChatEncoder
 
         encoder = ChatEncoder(tokenizer, cfg.data.seq_length)
@@ -61,8 +61,6 @@ def _chat_nll(cfg, files, tokenizer, accelerator):
     return lambda model, step: evaluate_windows(model, tokenizer, windows, accelerator, cfg.eval.batch_size,
                                                 "eval/chat_nll")
 
-
-CHAT_STAGES = ("sft", "dpo", "grpo")  # their generation prompts go through the chat format
 
 EVAL_METHODS: dict[str, EvalMethod] = {
     "single_choice_eval": EvalMethod("single_choice_dataset", _single_choice),

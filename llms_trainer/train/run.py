@@ -10,7 +10,6 @@ from llms_trainer.config import (
     RunConfig,
     compatibility_keys_set,
     dump_config,
-    load_config,
     require_model_source,
 )
 from llms_trainer.model.load import (
@@ -23,7 +22,7 @@ from llms_trainer.model.load import (
 from llms_trainer.train import engine, workdir
 from llms_trainer.train.checkpoint import check_resumable, resolve_resume
 from llms_trainer.train.errors import agreed
-from llms_trainer.train.stages import Stage, StageNotAvailable, get_stage
+from llms_trainer.train.stages import Stage, StageNotAvailable, get_stage, load_config
 
 
 def stage_for(cfg: RunConfig, where: str) -> Stage:
@@ -35,9 +34,11 @@ def stage_for(cfg: RunConfig, where: str) -> Stage:
 
 
 def run(config_path: str | Path, overrides: list[str] | None = None, model_config: str | None = None,
-        logger=None) -> engine.TrainResult:
+        logger=None, cfg: RunConfig | None = None) -> engine.TrainResult:
     """Validate, build data → tokenizer → model, train. Every process calls this.
 
+    `cfg`: the config already loaded and validated from `config_path` and `overrides` (the command line
+    passes it, so a run reads its YAML once); loaded here when not given.
     Nothing in work_dir changes until every process has validated its part (config, work_dir, data, evals,
     model); a user error anywhere stops every process together (llms_trainer.train.errors). `logger` (with
     `start_at(step)`, `log(step, metrics)` and `plot()`) defaults to llms_trainer.metrics.MetricsLogger.
@@ -46,7 +47,8 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
 
     silence_expected_noise()
     where = str(config_path)
-    cfg = load_config(config_path, overrides)
+    if cfg is None:
+        cfg = load_config(config_path, overrides)
     require_model_source(cfg, model_config, where)
     stage = stage_for(cfg, where)
     accelerator = engine.build_accelerator(cfg)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.train.conftest import RecordingLogger
 from train_llms import main
 

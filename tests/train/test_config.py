@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
+from llms_trainer.train.stages import load_config
 from train_llms import main
 
 

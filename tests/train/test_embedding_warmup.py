@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.train.conftest import RecordingLogger, tiny_llama
 
 WARMUP, STEPS, WARMUP_LR = 2, 4, 2e-2

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llms_trainer.config import load_config
 from llms_trainer.model.load import ModelLoadError, build_model, load_tokenizer
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.train.conftest import RecordingLogger, tiny_llama
 
 

@@ -9,12 +9,11 @@ import math
 import pytest
 import torch
 
-from llms_trainer.config import load_config
 from llms_trainer.data.pairs import encode_sequences, pad_rows, read_pairs
 from llms_trainer.evaluation.reward_accuracy import score_pairs
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.run import run
-from llms_trainer.train.stages import reward
+from llms_trainer.train.stages import load_config, reward
 from tests.train.conftest import RecordingLogger, tiny_llama
 from tests.train.reward_support import reward_config, write_pairs
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.helpers import write_jsonl
 from tests.train.conftest import RecordingLogger
 from tests.train.reward_support import preference_records, reward_config, write_pairs
@@ -80,6 +81,34 @@ def test_original_style_keys_load(tmp_path, tiny_tokenizer_dir, pairs_file):
     cfg = load_config(config)
     assert cfg.stage_name() == "reward" and cfg.train.num_training_steps is None
     assert cfg.eval.test_reward_model_acc_files == [str(pairs_file)] and cfg.data.batch_size == 8
+
+
+def test_a_run_reads_and_validates_its_config_once(tmp_path, tiny_tokenizer_dir, pairs_file,
+                                                   deterministic_model_config_file, monkeypatch):
+    """From argv through the script that forces its stage, the command line and the run, the YAML is read and
+    validated once (--check too); the run writes the config it was handed, the forced stage included."""
+    from llms_trainer.config import loading
+
+    calls = {"read": 0, "validated": 0}
+
+    def counting(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(loading, "parse_overrides", counting("read", loading.parse_overrides))  # once per read
+    monkeypatch.setattr(loading, "check_config", counting("validated", loading.check_config))
+    config = reward_config(tmp_path, tiny_tokenizer_dir, "rm", {"pairs": str(pairs_file)},
+                           train={"num_training_steps": 1, "num_training_epochs": None, "num_warmup_steps": 0})
+    args = ["--train_config", str(config), "--model_config", str(deterministic_model_config_file), "train.lr=1e-3"]
+    assert main([*args, "--check"]) == 0
+    assert calls == {"read": 1, "validated": 1}
+    assert main(args) == 0
+    assert calls == {"read": 2, "validated": 2}
+    saved = yaml.safe_load((tmp_path / "rm" / "config.yaml").read_text())
+    assert saved["stage"] == "reward" and saved["train"]["lr"] == 1e-3
+    assert saved["_run"]["overrides"] == ["train.lr=1e-3", "stage=reward"]
 
 
 def test_cli_reports_a_bad_record_by_file_and_line_and_skip_counts_it(tmp_path, tiny_tokenizer_dir,

@@ -150,7 +150,7 @@ def test_the_rl_configs_are_shipped():
 
 @pytest.mark.parametrize("path", RL_CONFIGS, ids=lambda p: p.name)
 def test_shipped_rl_config_validates(path, monkeypatch, tmp_path):
-    from llms_trainer.config import load_config
+    from llms_trainer.train.stages import load_config
 
     monkeypatch.chdir(ROOT)
     raw = yaml.safe_load(path.read_text())

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.model.load import load_tokenizer
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from llms_trainer.train.stages.pretrain import build_train_data
 from tests.train.conftest import RecordingLogger
 

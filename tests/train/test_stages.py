@@ -9,10 +9,11 @@ import subprocess
 import pytest
 import torch
 
-from llms_trainer.config import ConfigError, load_config
+from llms_trainer.config import ConfigError
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train import engine
 from llms_trainer.train.run import run
+from llms_trainer.train.stages import load_config
 from tests.train import toy_stage
 from tests.train.conftest import RecordingLogger
 from train_llms import main
@@ -96,6 +97,22 @@ def test_rollout_statistic_and_frozen_reference_under_zero2_with_two_processes(w
     # 2 processes × 2 micro-batches: Σ(r+1)(j+1)² / Σ(j+1) = (1+2)·5 / (2·3) = 2.5 (a mean of means: 2.25)
     assert toy == [pytest.approx(2.5)] * 3
     assert all(r["train/ref_drift"] == 0 and r["train/ref_grads"] == 0 for r in rows if "train/toy" in r)
+
+
+def test_a_stage_declares_its_own_section_and_check_validates_it(toy, write_config, model_config_file, capsys):
+    """Adding a stage = its file + one registry line: the toy stage's `toy:` section loads and its check runs,
+    with no edit to config code; the section stays foreign to other stages."""
+    args = ["--train_config", str(toy_config(write_config, "toy", num_training_steps=3)), "--model_config",
+            str(model_config_file), "--check"]
+    assert main([*args, "toy.passes=2"]) == 0
+    assert "ok (stage toy" in capsys.readouterr().out
+    assert load_config(args[1], ["toy.passes=2"]).toy.passes == 2
+    assert main([*args, "toy.passes=5"]) == 2
+    assert "key toy.passes: 5 exceeds train.num_training_steps 3" in capsys.readouterr().err
+    assert main([*args, "toy.pases=2"]) == 2
+    assert "key toy.pases: unknown key" in capsys.readouterr().err
+    assert main([*args, "stage=pretrain", "toy.passes=2"]) == 2
+    assert "key toy: options of the toy stage, but this run's stage is pretrain" in capsys.readouterr().err
 
 
 def test_unknown_stage_and_foreign_sections_fail_at_check(write_config, model_config_file, capsys):

@@ -13,7 +13,9 @@ import os
 import sys
 
 import torch
+from pydantic import Field
 
+from llms_trainer.config import Section, StageSection
 from llms_trainer.model.frozen import prepare_frozen
 from llms_trainer.model.load import build_causal_lm
 from llms_trainer.train.stages import REGISTRY, Stage, StageContext, pretrain
@@ -88,8 +90,20 @@ def start(cfg, ctx: StageContext) -> ToyRun:
     return ToyRun(ctx, reference)
 
 
+class ToyConfig(Section):
+    """toy: section (declared here only: config code knows nothing of it)."""
+
+    passes: int = Field(PASSES, ge=1, description="optimizer steps per rollout")
+
+
+def check_config(cfg, fail) -> None:
+    if cfg.toy is not None and cfg.toy.passes > cfg.train.num_training_steps:
+        fail("toy.passes", f"{cfg.toy.passes} exceeds train.num_training_steps {cfg.train.num_training_steps}")
+
+
 STAGE = Stage(name="toy", build_model=build_causal_lm, build_train_data=pretrain.build_train_data,
-              build_evals=lambda *args: [], start=start)
+              build_evals=lambda *args: [], start=start,
+              section=StageSection(model=ToyConfig, check=check_config, reads_sources=True))
 
 
 def register() -> None:

@@ -7,8 +7,9 @@ module (imported only when the stage runs). The engine knows nothing stage-speci
   sequence classifier), before LoRA/freezing (applied by the run);
 - `build_train_data(cfg, tokenizer, accelerator)` → this rank's data (any object; handed to `start`);
 - `build_evals(cfg, tokenizer, accelerator)` → callables `(model, step) -> {metric: float}`;
-- `check_config(cfg, fail)` (optional) → validates the stage's own keys at config load; `fail(key, problem)`
-  raises the ConfigError naming the key;
+- `section` (a `StageSection`, optional) → its config: the `<stage>:` section model, `check(cfg, fail)` run
+  at config load (`fail(key, problem)` raises the ConfigError naming the key), keys it adds to data:/train:/
+  eval:, and flags; `RunConfig` is assembled from the sections of this registry (`load_config` here);
 - `start(cfg, ctx)` → after `accelerator.prepare`, a run object (`StageRun`) with:
     `next_step(n)`: the micro-batches of the next optimizer step (normally n; fewer means the data ended).
         A rollout stage may generate once and then hand out several optimisation passes.
@@ -24,7 +25,7 @@ module (imported only when the stage runs). The engine knows nothing stage-speci
     `can_save()`: whether a checkpoint may be written now (a rollout stage: only between rollouts);
     `report()`: `{metric: float}` logged with the training metrics (e.g. per-source shares).
 
-`loader_run` gives the run object of a stage that just streams batches from a resumable loader.
+Adding a stage = its file + one line in `REGISTRY`. `loader_run` gives the run object of a stage that just streams batches from a resumable loader.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from llms_trainer import config
+from llms_trainer.config import RunConfig, Stages, StageSection
 
 Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
 Stats = dict[str, tuple[Any, ...]]  # (sum, count) or (sum, sum of squares, count)
@@ -78,7 +83,7 @@ class Stage:
     build_train_data: Callable[[Any, Any, Any], Any]
     build_evals: Callable[[Any, Any, Any], list[Evaluator]]
     start: Callable[[Any, StageContext], StageRun]
-    check_config: Callable[[Any, Callable[[str, str], None]], None] | None = None
+    section: StageSection = StageSection()
 
 
 class StageNotAvailable(ImportError):
@@ -99,16 +104,21 @@ def get_stage(name: str) -> Stage:
     return stage
 
 
-def available_stages() -> list[str]:
-    """Names of the registered stages this install can run."""
-    names = []
+def config_stages() -> Stages:
+    """Every registered stage's config section, or why the stage cannot be imported here (its module is
+    imported now)."""
+    stages: dict[str, StageSection | str] = {}
     for name in REGISTRY:
         try:
-            get_stage(name)
-        except StageNotAvailable:
-            continue
-        names.append(name)
-    return names
+            stages[name] = get_stage(name).section
+        except StageNotAvailable as err:
+            stages[name] = str(err)
+    return stages
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, **kwargs) -> RunConfig:
+    """`llms_trainer.config.load_config` with this registry's stages (`check_files`, `check_data` as there)."""
+    return config.load_config(path, overrides, stages=config_stages(), **kwargs)
 
 
 class LoaderRun:

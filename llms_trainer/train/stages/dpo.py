@@ -40,8 +40,6 @@ chosen > rejected), logps/chosen, logps/rejected (the policy's response log-prob
 
 from __future__ import annotations
 
-import glob
-import os
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llms_trainer.config import ConfigError, DPOConfig, RunConfig
+from llms_trainer.config import ConfigError, RunConfig
 from llms_trainer.data.packing import IGNORE_INDEX
 from llms_trainer.data.pairs import (
     BadRecordError,
@@ -71,6 +69,7 @@ from llms_trainer.model.frozen import adapters_disabled, prepare_frozen
 from llms_trainer.model.load import build_causal_lm, zero3_init_as_configured
 from llms_trainer.train.logprobs import token_logprobs
 from llms_trainer.train.stages import Stage, StageContext, sft
+from llms_trainer.train.stages.dpo_section import SECTION, DPOConfig
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 
@@ -356,21 +355,5 @@ def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
     return evals
 
 
-def check_config(cfg: RunConfig, fail) -> None:
-    """The dpo stage's keys: pair files exist, label smoothing fits the loss, no pretraining sources."""
-    options = cfg.dpo
-    if options is None or not input_files(options.datasets):
-        fail("dpo.datasets", "no preference-pair files; give jsonl files, globs or shard dirs of {prompt, selected, "
-             "rejected} records")
-    for key, value in (("dpo.datasets", options.datasets), ("dpo.eval_datasets", options.eval_datasets)):
-        for entry in input_files(value):
-            if not (os.path.exists(entry) or glob.glob(entry)):
-                fail(key, f"'{entry}' matches nothing")
-    if options.label_smoothing and options.loss_type in ("ipo", "hinge"):
-        fail("dpo.label_smoothing", f"applies to the sigmoid and robust losses, not {options.loss_type}; set it to 0")
-    if cfg.data.data:
-        fail("data.data", "the dpo stage reads dpo.datasets; remove data.data")
-
-
 STAGE = Stage(name="dpo", build_model=sft.build_model, build_train_data=build_train_data, build_evals=build_evals,
-              start=start, check_config=check_config)
+              start=start, section=SECTION)

@@ -44,7 +44,6 @@ from llms_trainer.data.prompts import (
     PromptSet,
     PromptStream,
     encode_prompts,
-    exists,
     read_prompts,
 )
 from llms_trainer.data.sft import ChatTokenizerError
@@ -58,13 +57,13 @@ from llms_trainer.train.rewards import (
     Rewarder,
     RewardFunctionError,
     build_rewarder,
-    check_rewards,
     check_signature,
     load_reward_function,
     rewards_agreed,
 )
 from llms_trainer.train.stages import Stage, StageContext, sft
 from llms_trainer.train.stages.dpo import build_reference, reference_of
+from llms_trainer.train.stages.grpo_section import SECTION
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -381,29 +380,5 @@ def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
     return evals
 
 
-def check_config(cfg: RunConfig, fail) -> None:
-    """The grpo stage's keys: prompt files, a reward (model and/or importable functions), batch shapes."""
-    g, t = cfg.grpo, cfg.train
-    if g is None or not input_files(g.prompts):
-        fail("grpo.prompts", "no prompt files; give jsonl files of {\"prompt\": ...} or {\"messages\": [...]} records")
-    for key, value in (("grpo.prompts", g.prompts), ("grpo.eval_prompts", g.eval_prompts)):
-        for entry in input_files(value):
-            if not exists(entry):
-                fail(key, f"'{entry}' matches nothing")
-    check_rewards(g, fail)
-    per_step = t.train_batch_size * t.gradient_accumulation_steps
-    if per_step % g.num_generations:
-        fail("grpo.num_generations", f"{g.num_generations} must divide the completions of one optimizer step per "
-             f"process, train.train_batch_size × gradient_accumulation_steps = {per_step}")
-    if g.max_new_tokens >= cfg.data.seq_length:
-        fail("grpo.max_new_tokens", f"{g.max_new_tokens} leaves no room for a prompt in data.seq_length "
-             f"{cfg.data.seq_length}")
-    if t.num_training_epochs is not None:
-        fail("train.num_training_epochs", "the grpo stage draws prompts endlessly (reshuffled every epoch); bound "
-             "the run with train.num_training_steps and remove this key")
-    if cfg.data.data:
-        fail("data.data", "the grpo stage reads grpo.prompts; remove data.data")
-
-
 STAGE = Stage(name="grpo", build_model=sft.build_model, build_train_data=build_train_data, build_evals=build_evals,
-              start=start, check_config=check_config)
+              start=start, section=SECTION)

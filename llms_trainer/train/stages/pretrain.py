@@ -7,8 +7,9 @@ from contextlib import nullcontext
 from functools import partial
 
 import torch
+from pydantic import Field
 
-from llms_trainer.config import RunConfig
+from llms_trainer.config import RunConfig, StageSection
 from llms_trainer.data.mixing import load_policy, natural_weights
 from llms_trainer.data.packing import IGNORE_INDEX, model_inputs, real_tokens  # noqa: F401 (model_inputs: LM stages)
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader
@@ -108,5 +109,12 @@ def start(cfg: RunConfig, ctx: StageContext) -> LoaderRun:
     return LoaderRun(ctx.data, lm_loss_for(cfg, ctx), count_items, count_tokens)
 
 
+# a key of eval: read by this stage only
+SHARED_KEYS = {"eval": {"source_holdout_records": (int, Field(
+    0, ge=0, description="pretraining: the last N records of every source (manifest order) never train; with "
+    "train_and_eval their nats per character and per token are logged as eval/source/<name>/... every "
+    "eval_interval; 0: off"))}}
+SECTION = StageSection(shared_keys=SHARED_KEYS, foreign="holds out pretraining records", reads_sources=True,
+                       evaluates=lambda cfg: bool(cfg.eval.source_holdout_records))
 STAGE = Stage(name="pretrain", build_model=build_causal_lm, build_train_data=build_train_data,
-              build_evals=build_evals, start=start)
+              build_evals=build_evals, start=start, section=SECTION)

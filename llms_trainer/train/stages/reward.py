@@ -20,11 +20,21 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field
 
-from llms_trainer.config import ConfigError, RewardConfig, RunConfig
+from llms_trainer.config import (
+    ConfigError,
+    Datasets,
+    Fail,
+    RunConfig,
+    Section,
+    StageSection,
+    bundled_files,
+)
 from llms_trainer.data.pairs import (
     BadRecordError,
     PairDataError,
@@ -228,7 +238,37 @@ def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
     return [build_reward_evaluator(cfg, tokenizer, accelerator)] if files else []
 
 
-def check_config(cfg: RunConfig, fail) -> None:
+class RewardConfig(Section):
+    """reward: section (stage reward)."""
+
+    center_rewards_coefficient: float | None = Field(None, ge=0, description="adds coef * mean((s_chosen + "
+                                                     "s_rejected)^2) to the loss, pulling scores towards zero "
+                                                     "mean (TRL's option of that name); null: off")
+
+
+InputFiles = Annotated[Datasets, AfterValidator(bundled_files)]
+# the original reward-model configs' keys in data: and eval:, read by this stage only
+SHARED_KEYS = {
+    "data": {
+        "reward_model_datasets": (InputFiles, Field(None, description="reward stage: preference-pair jsonl file(s), "
+                                                    "globs or shard dirs (compress_data.py --mode reward); a path, "
+                                                    "a list or {name: path}")),
+        "batch_size": (int | None, Field(None, ge=1, description="reward stage: pairs per micro-batch per process "
+                                         "(takes the place of train.train_batch_size)")),
+        "dataset_map_num_proc": (int | None, Field(None, ge=1, description="accepted for compatibility; no effect: "
+                                                   "pairs are tokenized in batches by the fast tokenizer"))},
+    "eval": {
+        "test_reward_model_acc_files": (InputFiles, Field(None, description="reward stage: held-out preference-pair "
+                                                          "jsonl file(s) for pair accuracy; a path, a list or "
+                                                          "{name: path}")),
+        "save_delta_scores": (bool, Field(False, description="reward stage: write every eval's chosen - rejected "
+                                          "scores to step_<n>.json")),
+        "delta_scores_save_path": (str | None, Field(None, description="reward stage: directory of the delta files; "
+                                                     "default work_dir/delta_scores"))},
+}
+
+
+def check_config(cfg: RunConfig, fail: Fail) -> None:
     """The reward stage's keys: its data and eval files exist, no keys of other stages, steps or epochs."""
     d, t, e = cfg.data, cfg.train, cfg.eval
     entries = input_files(d.reward_model_datasets)
@@ -258,4 +298,8 @@ def check_config(cfg: RunConfig, fail) -> None:
 
 
 STAGE = Stage(name="reward", build_model=build_model, build_train_data=build_train_data,
-              build_evals=build_evals, start=start, check_config=check_config)
+              build_evals=build_evals, start=start,
+              section=StageSection(model=RewardConfig, check=check_config, shared_keys=SHARED_KEYS,
+                                   foreign="read by the reward stage only (train_reward_model.py)",
+                                   steps_from_epochs=True,
+                                   evaluates=lambda cfg: bool(cfg.eval.test_reward_model_acc_files)))

@@ -9,7 +9,7 @@ of a reply. Evals: the registry's methods, with generation prompts rendered thro
 
 from __future__ import annotations
 
-from llms_trainer.config import ConfigError, RunConfig
+from llms_trainer.config import ConfigError, RunConfig, Section, StageSection
 from llms_trainer.data.mixing import load_policy, natural_weights
 from llms_trainer.data.sft import ChatTokenizerError, SFTSpec, build_sft_loader
 from llms_trainer.data.shards import list_shards
@@ -55,5 +55,9 @@ def start(cfg: RunConfig, ctx: StageContext) -> LoaderRun:
     return LoaderRun(ctx.data, pretrain.lm_loss_for(cfg, ctx), pretrain.count_items, pretrain.count_tokens)
 
 
+class SFTConfig(Section):
+    """sft: section (stage sft; its data keys live in data:)."""
+
+
 STAGE = Stage(name="sft", build_model=build_model, build_train_data=build_train_data, build_evals=build_evals,
-              start=start)
+              start=start, section=StageSection(model=SFTConfig, reads_sources=True, chat=True))
