@@ -12,7 +12,7 @@ import torch
 
 from llms_trainer.config import ConfigError, load_config
 from llms_trainer.model.load import ModelLoadError, build_causal_lm, load_tokenizer, maybe_compile
-from llms_trainer.train.lm_loss import plain_loss_sum
+from llms_trainer.ops.lm_loss import plain_loss_sum
 from llms_trainer.train.run import run
 from tests.train.conftest import RecordingLogger
 from tests.train.test_distributed import hf_logits
