@@ -4,7 +4,7 @@ Rollout (every process, once per `grpo.num_iterations` optimizer steps): train.t
 gradient_accumulation_steps / num_generations prompts (`llms_trainer.data.prompts`), each completed
 `num_generations` times by the shared `generate` from this process's `torch.Generator` (state saved in
 checkpoints); a completion ends at <|endofchat|> or EOS, the rest is masked. Rewards
-(`llms_trainer.train.rewards`) are gathered from all processes for the group advantages. With
+(`llms_trainer.ops.completion_rewards`) are gathered from all processes for the group advantages. With
 num_iterations > 1 the rollout-time log-probs are the "old" ones of the ratio; with beta > 0 the frozen
 starting model's are taken too (the LoRA policy with adapters off under LoRA); all of logits / temperature.
 Checkpoints come between rollouts; one written at the end of training inside a rollout stores the rollout,
