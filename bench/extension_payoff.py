@@ -45,13 +45,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from llms_trainer.config import TrainConfig  # noqa: E402
+from llms_trainer.data.packing import pad_id  # noqa: E402
 from llms_trainer.data.records import pretrain_text  # noqa: E402
-from llms_trainer.evaluation import pad_id  # noqa: E402
 from llms_trainer.evaluation.nll import encode_document, load_nll_texts, nll_windows, window_batch  # noqa: E402
 from llms_trainer.model.embeddings import extend_embeddings  # noqa: E402
+from llms_trainer.ops.lm_loss import target_logprobs  # noqa: E402
 from llms_trainer.train import engine  # noqa: E402
 from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters  # noqa: E402
-from llms_trainer.train.lm_loss import target_logprobs  # noqa: E402
 
 TRAIN_FILES = [ROOT / "data/shuffled_data/pretrain/wiki_zh.jsonl", ROOT / "data/shuffled_data/pretrain/qa_zh.jsonl"]
 EVAL_FILE = ROOT / "eval_data/pretrain/nll.jsonl"

@@ -131,7 +131,7 @@ def side_ours(batches: list[dict], compile_layers: bool, checkpointing: bool, tu
     for step in range(len(batches)):
         with turn():
             micro = run.next_step(1)
-            engine.optimizer_step(run, model, micro, float(run.count_items(micro[0])), accelerator, prepared,
+            engine.optimizer_step(run, model, micro, float(run.loss_divisor(micro[0])), accelerator, prepared,
                                   trainable, cfg.train.max_grad_norm, step, None)
             engine.set_schedule_step(scheduler, step + 1)
     return {"peak_rss_mb": peak_rss_mb(), "peak_device_mb": peak_device_mb(),

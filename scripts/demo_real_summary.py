@@ -50,7 +50,7 @@ def windows_nll(model, tokenizer, windows, batch_size: int = 4) -> tuple[float, 
     """(total NLL in nats, target tokens) over (inputs, targets) windows."""
     import torch
 
-    from llms_trainer.evaluation import pad_id
+    from llms_trainer.data.packing import pad_id
     from llms_trainer.evaluation.nll import window_nll
 
     total, count = 0.0, 0

@@ -1,6 +1,6 @@
 """Add the chat special tokens <|system|> <|user|> <|assistant|> <|endofchat|> (one id each, never split)
 and the chat template, so that tokenizer.apply_chat_template(messages) yields exactly the text and ids SFT
-trains on (llms_trainer/tokenizer/chat.py). The output adds one BOS to plain tokenizer(text) calls, has a pad
+trains on (llms_trainer/data/chat_format.py). The output adds one BOS to plain tokenizer(text) calls, has a pad
 token distinct from EOS (<unk>, or a new <|pad|> when there is none) and keeps tokenizer.model.
 
   python utils/add_chat_tokens.py --tokenizer work_dirs/tokenizer/merged --output work_dirs/tokenizer/chat
@@ -13,8 +13,9 @@ import sys
 
 from llms_trainer.cli import make_parser
 from llms_trainer.commands import REPO_ROOT
+from llms_trainer.data.chat_format import render_chat
 from llms_trainer.tokenizer import TokenizerError
-from llms_trainer.tokenizer.chat import add_chat_tokens_to_dir, render_chat
+from llms_trainer.tokenizer.chat import add_chat_tokens_to_dir
 
 EXAMPLE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
            {"role": "assistant", "content": "Hello!"}]

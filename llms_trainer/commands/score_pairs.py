@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from llms_trainer.data.pairs import PairDataError, read_pairs
-    from llms_trainer.evaluation.reward_accuracy import score_pairs
     from llms_trainer.model.load import ModelLoadError, check_vocab_fits
-    from llms_trainer.train.rewards import check_reward_checkpoint
+    from llms_trainer.ops.completion_rewards import check_reward_checkpoint
+    from llms_trainer.ops.scores import score_pairs
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:

@@ -129,6 +129,26 @@ def source_ids(spans_per_row: list[Spans], lengths: list[int], width: int) -> to
     return torch.from_numpy(out)
 
 
+def pad_id(tokenizer) -> int:
+    """Id used to fill padding positions (masked out, so any valid id works): pad, else EOS, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def pad_rows(rows, fill: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of token rows padded to the longest (right padding unless `left`)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+        mask[i, span] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def collate_rows(rows: list[list[int]], pad_id: int, pad_to: int | None = None,
                  labels: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Stack rows into input_ids / labels / attention_mask, right-padded to `pad_to` or the longest row.

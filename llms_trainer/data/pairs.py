@@ -33,10 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llms_trainer.evaluation.methods import dataset_files as input_files  # noqa: F401 (one reader of dataset keys)
-
-from ..tokenizer.chat import CHAT_TOKENS, UserText
+from .chat_format import CHAT_TOKENS, UserText
 from .compress import parse_input_line
+from .packing import pad_rows
 from .records import preference_pair
 from .sft import ChatEncoder, ChatTokenizerError
 from .shards import ShardError, ShardInfo, iter_shard_lines, list_shards
@@ -241,18 +240,6 @@ def encode_pairs(tokenizer, pairs: list[Pair], seq_length: int) -> EncodedPairs:
     return EncodedPairs(tokens, offsets, np.asarray(margins, dtype=np.float32) if has_margin else None, identical)
 
 
-def pad_rows(rows: list, fill: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask of token rows padded to the longest (right padding unless `left`)."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.as_tensor(np.asarray(row, dtype=np.int64))
-        mask[i, span] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def pair_batch(pairs: EncodedPairs, indices: list[int], fill: int) -> dict[str, torch.Tensor]:
     """One forward's worth of pairs: chosen rows first, then rejected rows (+ `margin` when the data has it)."""
     rows = [pairs.row(2 * i) for i in indices] + [pairs.row(2 * i + 1) for i in indices]
@@ -326,7 +313,7 @@ class PairRun:
             out.append(batch)
         return out
 
-    def count_items(self, batch: dict) -> int:
+    def loss_divisor(self, batch: dict) -> int:
         return batch["input_ids"].shape[0] // 2  # pairs: chosen and rejected rows in one batch
 
     def count_tokens(self, batch: dict) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .mixing import Mixture, TokenizedSource, mixture_report
-from .packing import Packer, Spans, collate_packed, collate_rows, source_ids
+from .packing import Packer, Spans, collate_packed, collate_rows, pad_id, source_ids
 from .records import pretrain_text
 from .shards import ShardInfo
 from .stream import SourceStream
@@ -44,14 +44,6 @@ def make_encoder(tokenizer):
             return [bos + row + eos for row in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     return encode
-
-
-def pad_id_of(tokenizer) -> int:
-    """The id used for padding: the pad token, else EOS, else 0."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    return 0
 
 
 @dataclass
@@ -130,7 +122,7 @@ class PretrainData(IterableDataset):
     def __init__(self, spec: PretrainSpec, tokenizer, rank: int = 0, world_size: int = 1):
         self.spec, self.tokenizer, self.rank, self.world_size = spec, tokenizer, rank, world_size
         self.worker_states: list[dict] | None = None  # set by ResumableLoader, one per worker slot
-        self.pad_id = pad_id_of(tokenizer)
+        self.pad_id = pad_id(tokenizer)
         self.source_names = list(spec.sources)  # `source_ids` index this list
 
     def chain_for(self, worker: int, num_workers: int) -> Chain:

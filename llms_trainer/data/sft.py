@@ -1,6 +1,6 @@
 """SFT data: chat records → ids with labels by construction → whole conversations in rows → batches.
 
-Encoding. A conversation is the text `tokenizer/chat.py` defines (`chat_segments`), with one BOS id first
+Encoding. A conversation is the text `data/chat_format.py` defines (`chat_segments`), with one BOS id first
 when the tokenizer has one. Labels equal the ids on assistant content and its `<|endofchat|>`, -100 on the
 rest (BOS, system and user turns, role tokens, separators). The format text (role tokens, `<|endofchat|>`,
 separators) and each message content are encoded apart: contents with special tokens switched off, so text
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tokenizer.chat import ASSISTANT_TOKEN, CHAT_TOKENS, CONTINUATION, END_TOKEN, UserText, chat_segments
+from .chat_format import ASSISTANT_TOKEN, CHAT_TOKENS, CONTINUATION, END_TOKEN, UserText, chat_segments
 from .mixing import Mixture, TokenizedSource, mixture_report
 from .packing import IGNORE_INDEX, best_fit_decreasing, collate_packed, collate_rows
 from .pipeline import PretrainData, ResumableLoader

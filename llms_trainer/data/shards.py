@@ -40,6 +40,15 @@ class SourceNameError(ValueError):
 _SOURCE_NAME = re.compile(r"[\w.-]+")  # \w: letters, digits and _ of any script
 
 
+def dataset_files(value: str | list[str] | dict[str, str] | None) -> list[str]:
+    """The entries of a dataset key (a path or glob, a list of them, or {name: path} as in the old configs)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value.values()) if isinstance(value, dict) else list(value)
+
+
 def check_source_name(name: str) -> str:
     """`name` when it is a plain name (letters, digits, `_ - .`, not starting with a dot); else SourceNameError.
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llms_trainer.data.shards import dataset_files
+
 
 @dataclass(frozen=True)
 class EvalMethod:
@@ -69,15 +71,6 @@ EVAL_METHODS: dict[str, EvalMethod] = {
     "chat_nll_eval": EvalMethod("chat_nll_dataset", _chat_nll),
 }
 EVAL_ALIASES = {"nll": "nll_eval"}  # the original configs call it "nll"
-
-
-def dataset_files(value: str | list[str] | dict[str, str] | None) -> list[str]:
-    """The files of an eval dataset key (a path, a list of paths, or {name: path} as in the old configs)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return list(value.values()) if isinstance(value, dict) else list(value)
 
 
 def build_evaluators(cfg, tokenizer, accelerator) -> list[Callable]:

@@ -19,19 +19,11 @@ from typing import Any
 
 import torch
 
-from llms_trainer.data.packing import IGNORE_INDEX
-from llms_trainer.evaluation import (
-    EvalDataError,
-    batches,
-    encode_with_bos,
-    eval_mode,
-    gather_results,
-    merge_results,
-    pad_id,
-    rank_share,
-    read_jsonl,
-)
-from llms_trainer.train.lm_loss import DEFAULT_CHUNK_TOKENS, Autocast, target_logprobs
+from llms_trainer.data.packing import IGNORE_INDEX, pad_id
+from llms_trainer.evaluation import EvalDataError, encode_with_bos, read_jsonl
+from llms_trainer.ops.lm_loss import DEFAULT_CHUNK_TOKENS, Autocast, target_logprobs
+from llms_trainer.ops.models import eval_mode
+from llms_trainer.ops.ranks import batches, gather_results, merge_results, rank_share
 
 
 def load_nll_texts(path: str | Path) -> list[str]:

@@ -13,12 +13,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from llms_trainer.data.chat_format import END_TOKEN
 from llms_trainer.data.prompts import PromptSet
-from llms_trainer.evaluation import gather_results, merge_results, rank_share
-from llms_trainer.evaluation.generation import generate
 from llms_trainer.io import atomic_write
-from llms_trainer.tokenizer.chat import END_TOKEN
-from llms_trainer.train.rewards import Rewarder, rewards_agreed
+from llms_trainer.ops.completion_rewards import Rewarder, score_completions
+from llms_trainer.ops.generate import generate
+from llms_trainer.ops.ranks import gather_results, merge_results, rank_share
 
 
 class CompletionRewardEval:
@@ -36,8 +36,8 @@ class CompletionRewardEval:
         out = generate(model, self.tokenizer, [self.prompts.ids[i] for i in indices],
                        max_new_tokens=self.cfg.grpo.max_new_tokens, stop_token_ids=self.stops,
                        batch_size=self.cfg.eval.batch_size, accelerator=acc)
-        parts = rewards_agreed(rewarder, [self.prompts.prompts[i].text for i in indices], out.texts,
-                               self.prompts.column_values(indices), acc, f"{step} (eval)")
+        parts = score_completions(rewarder, [self.prompts.prompts[i].text for i in indices], out.texts,
+                                  self.prompts.column_values(indices), acc, f"{step} (eval)")
         rows = zip(out.texts, rewarder.total(parts).tolist(), parts.tolist(), out.completion_mask.sum(-1).tolist(),
                    strict=True)
         results = merge_results(gather_results(acc, [(i, row) for (i, _), row in zip(share, rows, strict=True)]))

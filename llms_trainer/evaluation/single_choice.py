@@ -29,18 +29,11 @@ from typing import Any
 
 import torch
 
-from llms_trainer.evaluation import (
-    EvalDataError,
-    batches,
-    encode_with_bos,
-    eval_mode,
-    gather_results,
-    left_padded,
-    merge_results,
-    pad_id,
-    rank_share,
-    read_jsonl,
-)
+from llms_trainer.data.packing import pad_id
+from llms_trainer.evaluation import EvalDataError, encode_with_bos, read_jsonl
+from llms_trainer.ops.models import eval_mode
+from llms_trainer.ops.padding import left_padded
+from llms_trainer.ops.ranks import batches, gather_results, merge_results, rank_share
 
 DEFAULT_CUE = "\nAnswer:"
 _OPTION_LINE = re.compile(r"^\s*([A-Z])\s*[.．、:：)）]")

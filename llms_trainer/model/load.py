@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from llms_trainer.data.chat_format import END_TOKEN
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -126,6 +128,18 @@ def build_model(train, tokenizer, model_config: str | None = None, weights_dir: 
 def build_causal_lm(cfg, tokenizer, model_config: str | None = None, weights_dir: str | Path | None = None):
     """A causal LM for the run `cfg` (pretraining, SFT, DPO/GRPO policies)."""
     return build_model(cfg.train, tokenizer, model_config, weights_dir)
+
+
+def build_chat_lm(cfg, tokenizer, model_config: str | None = None, weights_dir=None):
+    """The causal LM of a chat stage (SFT, DPO, GRPO), told that a reply ends at `<|endofchat|>` (saved with every checkpoint)."""
+    model = build_causal_lm(cfg, tokenizer, model_config, weights_dir)
+    end = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    if end is not None and end != tokenizer.unk_token_id:
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        model.generation_config.eos_token_id = [*dict.fromkeys([*eos, end])]
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def build_sequence_classifier(cfg, tokenizer, model_config: str | None = None,

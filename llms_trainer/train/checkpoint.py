@@ -148,8 +148,10 @@ def merged_state_dict(peft_base_state: dict) -> dict:
     return out
 
 
-def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Exception]) -> None:
-    """HF weights (merged for LoRA, 16-bit gathered under ZeRO-3) + tokenizer; collective.
+def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Exception],
+                config_fields: dict | None = None) -> None:
+    """HF weights (merged for LoRA, 16-bit gathered under ZeRO-3) + tokenizer, `config_fields` added to the
+    saved config.json; collective.
 
     An OSError on this process is appended to `failures` (the collectives still run on every process).
     """
@@ -169,10 +171,18 @@ def _save_model(accelerator, model, tokenizer, out: Path, failures: list[Excepti
                 unwrapped.unmerge_adapter()
         else:
             unwrapped.save_pretrained(str(out), state_dict=state_dict)
+        if config_fields:
+            _add_to_config_json(out / "config.json", config_fields)
         save_tokenizer(tokenizer, out)
         follow_umask(out)
     except WRITE_ERRORS as err:
         failures.append(err)
+
+
+def _add_to_config_json(path: Path, fields: dict) -> None:
+    """Add `fields` to a saved model's config.json, written as transformers writes it."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**config, **fields}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _save_trainer_state(accelerator, model, optimizer, stage_run, state: dict, out: Path,
@@ -240,6 +250,11 @@ def parameters_finite(accelerator, model) -> bool:
     return not any_rank(accelerator, bad)
 
 
+def saved_config(stage_run) -> dict:
+    """What the stage's run adds to the saved model's config.json (its optional `saved_config()`)."""
+    return stage_run.saved_config() if hasattr(stage_run, "saved_config") else {}
+
+
 def save_checkpoint(accelerator, model, tokenizer, optimizer, stage_run, state: dict, work_dir: str | Path,
                     save_total_limit: int | None) -> Path:
     """Write checkpoint-<state['step']> atomically, then rotate this lineage's older ones. All ranks call.
@@ -261,7 +276,7 @@ def save_checkpoint(accelerator, model, tokenizer, optimizer, stage_run, state: 
         except WRITE_ERRORS as err:
             failures.append(err)
     if not any_rank(accelerator, bool(failures)):
-        _save_model(accelerator, model, tokenizer, partial, failures)
+        _save_model(accelerator, model, tokenizer, partial, failures, saved_config(stage_run))
         _save_trainer_state(accelerator, model, optimizer, stage_run, state, partial / STATE_DIR, failures)
     if any_rank(accelerator, bool(failures)):
         if accelerator.is_main_process:

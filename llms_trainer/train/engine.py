@@ -28,7 +28,7 @@ from llms_trainer.io import zero_stage
 from llms_trainer.model.load import count_parameters
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters, with_embedding_warmup
-from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, agreed, stop_if_any
+from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, stop_if_any, stop_together
 from llms_trainer.train.stages import Stage, StageContext, StageRun, Stats
 
 BETAS = (0.9, 0.95)
@@ -207,7 +207,7 @@ def _fetch_step(run: StageRun, n: int, accelerator, clock: _StepClock) -> tuple[
         error = err
     clock.wait(time.perf_counter() - started)
     items, tokens, short, failed = _reduce(accelerator, [
-        sum(run.count_items(b) for b in micro), sum(run.count_tokens(b) for b in micro),
+        sum(run.loss_divisor(b) for b in micro), sum(run.count_tokens(b) for b in micro),
         float(len(micro) < n), float(error is not None)])
     stop_if_any(accelerator, error if failed else None)
     return micro, items, tokens, bool(short)
@@ -321,7 +321,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
     run = stage.start(cfg, StageContext(model, tokenizer, accelerator, data, model_config))
     step = tokens_seen = 0
     if resume_from is not None:
-        with agreed(accelerator):
+        with stop_together(accelerator):
             saved = ckpt.restore_training_state(accelerator, resume_from, model, prepared_optimizer, run)
         step, tokens_seen = saved["step"], saved["tokens_seen"]
         accelerator.print(f"resumed from {resume_from} at step {step}")

@@ -80,7 +80,7 @@ def stop_if_any(accelerator, error: BaseException | None) -> None:
 
 
 @contextmanager
-def agreed(accelerator, errors: tuple[type[BaseException], ...] = USER_ERRORS) -> Iterator[None]:
+def stop_together(accelerator, errors: tuple[type[BaseException], ...] = USER_ERRORS) -> Iterator[None]:
     """Run a block on every process; if it raises `errors` on any one, every process raises after it."""
     error = None
     try:

@@ -21,7 +21,7 @@ from llms_trainer.model.load import (
 )
 from llms_trainer.train import engine, workdir
 from llms_trainer.train.checkpoint import check_resumable, resolve_resume
-from llms_trainer.train.errors import agreed
+from llms_trainer.train.errors import stop_together
 from llms_trainer.train.stages import Stage, StageNotAvailable, get_stage, load_config
 
 
@@ -55,15 +55,15 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
     set_seed(cfg.train.seed)
     lock = None
     try:
-        with agreed(accelerator):
+        with stop_together(accelerator):
             resume_from = resolve_resume(cfg.train.resume, cfg.work_dir)
             if resume_from is not None:
                 check_resumable(resume_from, accelerator)
             if accelerator.is_main_process:
                 lock = workdir.lock_work_dir(cfg.work_dir)
                 lineage, to_clear = workdir.plan_lineage(cfg.work_dir, resume_from, cfg.train.overwrite_work_dir)
-        with agreed(accelerator):
-            tokenizer, loader, evals, model = _build(cfg, stage, accelerator, resume_from, model_config, where)
+        with stop_together(accelerator):
+            cfg, tokenizer, loader, evals, model = _build(cfg, stage, accelerator, resume_from, model_config, where)
         if accelerator.is_main_process:  # validated everywhere: now the run may change work_dir
             workdir.clear(to_clear, cfg.work_dir)
             if resume_from is None:
@@ -91,13 +91,15 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
 
 def _build(cfg: RunConfig, stage: Stage, accelerator, resume_from: Path | None, model_config: str | None,
            where: str) -> tuple:
-    """(tokenizer, loader, evals, model) of a run; raises user errors (ConfigError, ShardError, ...)."""
+    """(config with the stage's derived train settings, tokenizer, loader, evals, model) of a run; raises user
+    errors (ConfigError, ShardError, ...)."""
     from llms_trainer.evaluation import EvalDataError
 
     tokenizer = load_tokenizer(str(resume_from) if resume_from else (cfg.data.tokenizer_path or cfg.train.ckpt))
     loader = stage.build_train_data(cfg, tokenizer, accelerator)
+    cfg = with_derived_train(cfg, stage, loader)
     try:
-        evals = stage.build_evals(cfg, tokenizer, accelerator)
+        evals = stage.build_evals(cfg, tokenizer, accelerator, loader)
     except EvalDataError as err:
         raise ConfigError(f"{where}: key eval: {err}") from err
     use_adapter = resume_from is not None and cfg.train.use_lora
@@ -108,7 +110,13 @@ def _build(cfg: RunConfig, stage: Stage, accelerator, resume_from: Path | None, 
     model = maybe_compile(model, cfg.train, accelerator)
     for key in compatibility_keys_set(cfg):
         accelerator.print(f"note: {key} is accepted for compatibility and has no effect in this trainer")
-    return tokenizer, loader, evals, model
+    return cfg, tokenizer, loader, evals, model
+
+
+def with_derived_train(cfg: RunConfig, stage: Stage, data) -> RunConfig:
+    """A copy of `cfg` with the train settings the stage derived from its data (e.g. steps from epochs)."""
+    derived = stage.derive_train(cfg, data) if stage.derive_train is not None else {}
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=derived)}) if derived else cfg
 
 
 def silence_expected_noise() -> None:

@@ -7,13 +7,7 @@ import numpy as np
 import pytest
 
 from llms_trainer.data.compress import SourceInput, compress_sources
-from llms_trainer.data.pairs import (
-    BadRecordError,
-    PairStream,
-    encode_pairs,
-    encode_sequences,
-    read_pairs,
-)
+from llms_trainer.data.pairs import BadRecordError, PairStream, encode_pairs, encode_sequences, read_pairs
 from tests.helpers import write_jsonl
 
 GOOD = {"prompt": "What moves?", "selected": " The optimizer.", "rejected": " Nothing."}
@@ -64,7 +58,8 @@ def test_plain_concatenation_one_bos_and_eos_appended(tiny_tokenizer):
 def test_chat_template_renders_prompt_as_user_and_response_as_assistant(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from llms_trainer.tokenizer.chat import add_chat_tokens, render_chat
+    from llms_trainer.data.chat_format import render_chat
+    from llms_trainer.tokenizer.chat import add_chat_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     add_chat_tokens(tokenizer)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llms_trainer.data.chat_format import CHAT_TOKENS, END_TOKEN, chat_segments, tokenize_segments
 from llms_trainer.data.packing import IGNORE_INDEX, model_inputs
 from llms_trainer.data.pipeline import PretrainData, PretrainSpec, ResumableLoader
 from llms_trainer.data.records import read_chat
@@ -24,13 +25,7 @@ from llms_trainer.data.sft import (
     build_sft_loader,
 )
 from llms_trainer.data.shards import ShardError, dump_record, list_shards, write_source
-from llms_trainer.tokenizer.chat import (
-    CHAT_TOKENS,
-    END_TOKEN,
-    add_chat_tokens,
-    chat_segments,
-    tokenize_segments,
-)
+from llms_trainer.tokenizer.chat import add_chat_tokens
 from tests.helpers import sentence
 
 

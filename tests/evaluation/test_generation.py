@@ -7,13 +7,11 @@ import json
 import pytest
 import torch
 
-from llms_trainer.evaluation import EvalDataError, encode_with_bos, merge_results, pad_id, rank_share
-from llms_trainer.evaluation.generation import (
-    evaluate_generation,
-    generate,
-    load_generation_prompts,
-    top_p_filter,
-)
+from llms_trainer.data.packing import pad_id
+from llms_trainer.evaluation import EvalDataError, encode_with_bos
+from llms_trainer.evaluation.generation import evaluate_generation, load_generation_prompts
+from llms_trainer.ops.generate import generate, top_p_filter
+from llms_trainer.ops.ranks import merge_results, rank_share
 from tests.helpers import write_jsonl
 
 PROMPTS = ["The model reads", "data", "Optimizer updates weights step by step on a small machine", "模型读取", "the"]

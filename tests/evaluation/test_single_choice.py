@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llms_trainer.evaluation import EvalDataError, left_padded
+from llms_trainer.evaluation import EvalDataError
 from llms_trainer.evaluation.single_choice import (
     DEFAULT_CUE,
     Question,
@@ -17,6 +17,7 @@ from llms_trainer.evaluation.single_choice import (
     offered_letters,
     prompt_of,
 )
+from llms_trainer.ops.padding import left_padded
 from tests.helpers import write_jsonl
 
 AB = "Which is a fruit?\nA. apple\nB. brick"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import llms_trainer.train.stages.pretrain as pretrain
+import llms_trainer.ops.lm_loss as lm_loss_ops
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train import engine
 from llms_trainer.train.errors import CheckpointError, NonFiniteError, WorkDirError
@@ -114,17 +114,17 @@ def test_nan_gradient_with_a_finite_loss_stops_before_the_update(write_config, m
                                                                  monkeypatch):
     config = write_config("run", train={"num_training_steps": 6}, save_interval=1)
     calls = {"n": 0}
-    real = pretrain.loss_terms
+    real = lm_loss_ops.lm_loss_terms
 
-    def nan_gradient_at_third_step(model, batch, **options):
+    def nan_gradient_at_third_step(model, batch, *args, **options):
         calls["n"] += 1
-        loss, terms = real(model, batch, **options)
+        loss, terms = real(model, batch, *args, **options)
         if calls["n"] == 3:  # sqrt'(0) = inf, times 0: the loss stays finite, its gradient is NaN
             weight = next(model.parameters())
             loss = loss + 0.0 * torch.sqrt(weight.sum() * 0.0)
         return loss, terms
 
-    monkeypatch.setattr(pretrain, "loss_terms", nan_gradient_at_third_step)
+    monkeypatch.setattr(lm_loss_ops, "lm_loss_terms", nan_gradient_at_third_step)
     with pytest.raises(NonFiniteError, match=r"gradient norm is nan at step 3.*Last good checkpoint: .*checkpoint-2"):
         train(config, model_config_file)
     work = tmp_path / "run"
@@ -137,14 +137,14 @@ def test_nan_loss_ends_the_script_with_exit_1_naming_the_last_good_checkpoint_an
     from train_llms import main
 
     config = write_config("run", train={"num_training_steps": 4}, save_interval=2)
-    real, calls = pretrain.loss_terms, {"n": 0}
+    real, calls = lm_loss_ops.lm_loss_terms, {"n": 0}
 
-    def nan_at_third_step(model, batch, **options):
+    def nan_at_third_step(model, batch, *args, **options):
         calls["n"] += 1
-        loss, terms = real(model, batch, **options)
+        loss, terms = real(model, batch, *args, **options)
         return (loss * float("nan") if calls["n"] == 3 else loss), terms
 
-    monkeypatch.setattr(pretrain, "loss_terms", nan_at_third_step)
+    monkeypatch.setattr(lm_loss_ops, "lm_loss_terms", nan_at_third_step)
     args = ["--train_config", str(config), "--model_config", str(model_config_file)]
     assert main(args) == 1
     work = tmp_path / "run"
@@ -153,7 +153,7 @@ def test_nan_loss_ends_the_script_with_exit_1_naming_the_last_good_checkpoint_an
         f"good checkpoint: {work / 'checkpoint-2'}. Lower train.lr, check the data, or resume from that checkpoint.")
     assert steps(work) == [2] and not ckpt.leftover_dirs(work)
     kept = file_hashes(work / "checkpoint-2")
-    monkeypatch.setattr(pretrain, "loss_terms", real)  # the cause is gone: resume (train.resume: auto)
+    monkeypatch.setattr(lm_loss_ops, "lm_loss_terms", real)  # the cause is gone: resume (train.resume: auto)
     assert main(args) == 0 and file_hashes(work / "checkpoint-2") == kept
     reference = train(write_config("reference", train={"num_training_steps": 4}), model_config_file)
     resumed = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]

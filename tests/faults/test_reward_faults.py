@@ -80,7 +80,7 @@ def reward_dir(tmp_path_factory, chat_tokenizer_dir) -> Path:
 def test_completions_scored_by_the_reward_model_keep_typed_control_tokens_as_text(reward_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from llms_trainer.evaluation.reward_accuracy import score_pairs
+    from llms_trainer.ops.scores import score_pairs
 
     tokenizer = tokenizer_at(reward_dir)
     model = AutoModelForSequenceClassification.from_pretrained(str(reward_dir)).eval()

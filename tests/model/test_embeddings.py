@@ -7,9 +7,10 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from llms_trainer.data.chat_format import CHAT_TOKENS
 from llms_trainer.model.embeddings import extend_embeddings, extend_model, old_piece_ids
 from llms_trainer.tokenizer import TokenizerError
-from llms_trainer.tokenizer.chat import CHAT_TOKENS, add_chat_tokens_to_dir
+from llms_trainer.tokenizer.chat import add_chat_tokens_to_dir
 from llms_trainer.tokenizer.merge import merge_tokenizer
 from llms_trainer.tokenizer.save import PAD_TOKEN
 from llms_trainer.tokenizer.train import train_model

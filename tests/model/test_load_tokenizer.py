@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import yaml
 from transformers import AutoTokenizer
 
-from llms_trainer.data.pipeline import make_encoder, pad_id_of
+from llms_trainer.data.packing import pad_id
+from llms_trainer.data.pipeline import make_encoder
 from llms_trainer.data.shards import dump_record, write_source
 from llms_trainer.model.load import build_model, load_tokenizer
 from llms_trainer.tokenizer.save import PAD_TOKEN
@@ -20,7 +21,7 @@ from tests.train.conftest import RecordingLogger, fresh_accelerate_state, tiny_l
 
 def test_training_pads_with_unk_not_eos(tiny_tokenizer_dir):
     tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
-    assert pad_id_of(tokenizer) == tokenizer.unk_token_id == 0 != tokenizer.eos_token_id
+    assert pad_id(tokenizer) == tokenizer.unk_token_id == 0 != tokenizer.eos_token_id
     assert tokenizer("the model")["input_ids"] == make_encoder(tokenizer)(["the model"])[0][:-1]
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from llms_trainer.tokenizer import TokenizerError
-from llms_trainer.tokenizer.chat import (
+from llms_trainer.data.chat_format import (
     CHAT_TOKENS,
+    ChatFormatError,
     Segment,
-    add_chat_tokens,
-    add_chat_tokens_to_dir,
     chat_segments,
     render_chat,
     tokenize_segments,
 )
+from llms_trainer.tokenizer import TokenizerError
+from llms_trainer.tokenizer.chat import add_chat_tokens, add_chat_tokens_to_dir
 from llms_trainer.tokenizer.save import PAD_TOKEN
 
 CONVERSATION = [
@@ -97,9 +97,9 @@ def test_pad_token_is_added_only_without_a_usable_one(tiny_tokenizer_dir):
 
 
 def test_bad_turns_and_outputs_are_clear_errors(tmp_path, tiny_tokenizer_dir, chat_dir):
-    with pytest.raises(TokenizerError, match="turn 2: role 'bot'"):
+    with pytest.raises(ChatFormatError, match="turn 2: role 'bot'"):
         chat_segments([{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}])
-    with pytest.raises(TokenizerError, match="turn 1: content must be a string"):
+    with pytest.raises(ChatFormatError, match="turn 1: content must be a string"):
         render_chat([{"role": "user", "content": None}])
     with pytest.raises(TokenizerError, match="already exists"):
         add_chat_tokens_to_dir(tiny_tokenizer_dir, chat_dir)

@@ -9,11 +9,11 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
+from llms_trainer.data.chat_format import chat_segments, render_chat, tokenize_segments
 from llms_trainer.data.pipeline import make_encoder
 from llms_trainer.evaluation import encode_with_bos
 from llms_trainer.model.load import ModelLoadError, load_tokenizer
 from llms_trainer.tokenizer import TokenizerError
-from llms_trainer.tokenizer.chat import chat_segments, render_chat, tokenize_segments
 from llms_trainer.tokenizer.save import PAD_TOKEN, conform_tokenizer, save_tokenizer
 from tests.tokenizer.support import MIXED_TEXTS, zh_texts
 

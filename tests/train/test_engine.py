@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import llms_trainer.train.stages.pretrain as pretrain
+import llms_trainer.ops.lm_loss as lm_loss_ops
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.errors import NonFiniteError as NonFiniteLossError
 from llms_trainer.train.run import run
@@ -148,14 +148,14 @@ def test_checkpoint_loads_with_plain_from_pretrained(write_config, model_config_
 def test_nan_loss_stops_and_keeps_last_checkpoint(write_config, model_config_file, tmp_path, monkeypatch):
     config = write_config(train={"num_training_steps": 6}, save_interval=2)
     calls = {"n": 0}
-    real = pretrain.loss_terms
+    real = lm_loss_ops.lm_loss_terms
 
-    def nan_at_third_step(model, batch, **options):
+    def nan_at_third_step(model, batch, *args, **options):
         calls["n"] += 1
-        loss, terms = real(model, batch, **options)
+        loss, terms = real(model, batch, *args, **options)
         return (loss * float("nan") if calls["n"] == 3 else loss), terms
 
-    monkeypatch.setattr(pretrain, "loss_terms", nan_at_third_step)
+    monkeypatch.setattr(lm_loss_ops, "lm_loss_terms", nan_at_third_step)
     with pytest.raises(NonFiniteLossError, match="step 3.*checkpoint-2"):
         train(config, model_config_file)
     work = tmp_path / "run"
@@ -180,19 +180,19 @@ def test_steps_without_a_loss_item_are_skipped_and_many_in_a_row_stop_the_run(wr
                                                                               monkeypatch):
     from llms_trainer.train import engine
 
-    real, calls = pretrain.count_items, []
+    real, calls = lm_loss_ops.target_tokens, []
 
     def empty_at_first(batch: dict) -> int:  # e.g. GRPO steps whose completions were all truncated and masked
         calls.append(1)
         return 0 if len(calls) <= 3 else real(batch)
 
-    monkeypatch.setattr(pretrain, "count_items", empty_at_first)
+    monkeypatch.setattr(lm_loss_ops, "target_tokens", empty_at_first)
     result = run(write_config("skips", train={"num_training_steps": 4}), [], str(model_config_file),
                  logger=RecordingLogger())
     assert (result.step, result.empty_steps, sorted(result.losses)) == (4, 3, [1, 2, 3, 4])
     assert result.stop_reason == "num_training_steps reached"
 
-    monkeypatch.setattr(pretrain, "count_items", lambda batch: 0)
+    monkeypatch.setattr(lm_loss_ops, "target_tokens", lambda batch: 0)
     result = run(write_config("never", train={"num_training_steps": 4}), [], str(model_config_file),
                  logger=RecordingLogger())
     assert result.step == 0 and result.empty_steps == engine.MAX_EMPTY_STEPS_IN_A_ROW

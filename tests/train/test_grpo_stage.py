@@ -89,7 +89,7 @@ def test_a_trained_reward_model_with_another_tokenizer(tmp_path, chat_tokenizer_
                                                       tiny_tokenizer_dir, deterministic_model_config_file):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from llms_trainer.evaluation.reward_accuracy import score_pairs
+    from llms_trainer.ops.scores import score_pairs
 
     pairs, held = write_pairs(tmp_path / "rm_pairs.jsonl", 32, 1), write_pairs(tmp_path / "rm_held.jsonl", 8, 2)
     rm_config = reward_config(tmp_path, tiny_tokenizer_dir, "rm", [str(pairs)], [str(held)],

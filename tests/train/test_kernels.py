@@ -12,7 +12,7 @@ import torch
 
 from llms_trainer.config import ConfigError
 from llms_trainer.model.load import ModelLoadError, build_causal_lm, load_tokenizer, maybe_compile
-from llms_trainer.train.lm_loss import plain_loss_sum
+from llms_trainer.ops.lm_loss import plain_loss_sum
 from llms_trainer.train.run import run
 from llms_trainer.train.stages import load_config
 from tests.train.conftest import RecordingLogger

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from llms_trainer.data.packing import IGNORE_INDEX
 from llms_trainer.model.load import ModelLoadError
-from llms_trainer.train.lm_loss import lm_loss_sum, output_head, plain_loss_sum
-from llms_trainer.train.logprobs import token_logprobs
+from llms_trainer.ops.lm_loss import lm_loss_sum, output_head, plain_loss_sum
+from llms_trainer.ops.logprobs import token_logprobs
 
 VOCAB = 32000
 

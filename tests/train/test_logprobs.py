@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llms_trainer.evaluation import left_padded
-from llms_trainer.train.logprobs import sequence_logprob_sum, token_logprobs
+from llms_trainer.ops.logprobs import token_logprobs
+from llms_trainer.ops.padding import left_padded
 
 VOCAB = 97
+
+
+def sequence_logprob_sum(model, input_ids, attention_mask, labels_mask) -> torch.Tensor:
+    """[B] the summed log-probs of each row's labelled tokens (DPO's sequence log-prob)."""
+    return token_logprobs(model, input_ids, attention_mask, labels_mask).sum(-1)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from llms_trainer.data.pairs import encode_sequences, pad_rows, read_pairs
-from llms_trainer.evaluation.reward_accuracy import score_pairs
+from llms_trainer.data.packing import pad_rows
+from llms_trainer.data.pairs import encode_sequences, read_pairs
+from llms_trainer.ops.scores import score_pairs
 from llms_trainer.train import checkpoint as ckpt
 from llms_trainer.train.run import run
 from llms_trainer.train.stages import load_config, reward
@@ -218,3 +219,25 @@ def test_engine_logs_std_from_sums_of_squares():
     mean = sum(values) / 4
     assert stats == pytest.approx({"reward": mean, "accuracy": 0.75,
                                    "reward_std": math.sqrt(sum((v - mean) ** 2 for v in values) / 4)})
+
+
+def test_steps_from_epochs_are_derived_into_a_copy_of_the_config(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from llms_trainer.evaluation.reward_accuracy import score_pairs as documented
+    from llms_trainer.train.run import with_derived_train
+
+    config = reward_config(tmp_path, tiny_tokenizer_dir, "rm", {"pairs": str(write_pairs(tmp_path / "p.jsonl", 40, 1))},
+                           data={"batch_size": 4}, train={"gradient_accumulation_steps": 2})
+    cfg = load_config(config)
+    given = cfg.model_dump()
+    one_process = SimpleNamespace(process_index=0, num_processes=1, print=lambda *args: None)
+    data = reward.build_train_data(cfg, tiny_tokenizer, one_process)
+    assert cfg.model_dump() == given and cfg.train.num_training_steps is None  # the stage changed nothing
+    resolved = with_derived_train(cfg, reward.STAGE, data)
+    assert (resolved.train.num_training_steps, resolved.train.train_batch_size) == (2 * 40 // 4 // 2, 4)
+    assert cfg.model_dump() == given
+    assert reward.RewardRun(data.stream, 0.0, data.score_stats).saved_config() == {}  # no eval yet: nothing
+    data.score_stats.mean, data.score_stats.std = 0.25, 1.5
+    assert reward.start(cfg, SimpleNamespace(data=data)).saved_config() == {"reward_mean": 0.25, "reward_std": 1.5}
+    assert documented is score_pairs  # the import path the README names

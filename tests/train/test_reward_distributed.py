@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llms_trainer.data.pairs import read_pairs
-from llms_trainer.evaluation.reward_accuracy import score_pairs
+from llms_trainer.ops.scores import score_pairs
 from llms_trainer.train.run import run
 from tests.train.conftest import RecordingLogger
 from tests.train.reward_support import reward_config, write_pairs

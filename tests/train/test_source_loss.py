@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from llms_trainer.data.packing import IGNORE_INDEX
-from llms_trainer.train.lm_loss import plain_loss_sum
+from llms_trainer.ops.lm_loss import lm_loss, plain_loss_sum
 from llms_trainer.train.run import run
 from llms_trainer.train.stages import load_config
-from llms_trainer.train.stages.pretrain import build_train_data, lm_loss
+from llms_trainer.train.stages.pretrain import build_train_data
 from tests.train.conftest import RecordingLogger
 from tests.train.test_lm_loss import lm_batch, tiny_llama
 

@@ -16,8 +16,10 @@ import torch
 from pydantic import Field
 
 from llms_trainer.config import Section, StageSection
+from llms_trainer.data.packing import real_tokens
 from llms_trainer.model.frozen import prepare_frozen
 from llms_trainer.model.load import build_causal_lm
+from llms_trainer.ops.lm_loss import lm_loss, target_tokens
 from llms_trainer.train.stages import REGISTRY, Stage, StageContext, pretrain
 
 PASSES = 3
@@ -52,7 +54,7 @@ class ToyRun:
         return self.rollout
 
     def loss(self, model, batch):
-        loss, _ = pretrain.lm_loss(model, batch)
+        loss, _ = lm_loss(model, batch)
         with torch.no_grad():
             self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         rank, j = self.ctx.accelerator.process_index, self.micro
@@ -62,8 +64,8 @@ class ToyRun:
         grads = sum(p.grad is not None for p in self.reference.parameters())
         return loss, {"toy": ((rank + 1) * (j + 1) ** 2, j + 1), "ref_drift": (drift, 1), "ref_grads": (grads, 1)}
 
-    count_items = staticmethod(pretrain.count_items)
-    count_tokens = staticmethod(pretrain.count_tokens)
+    loss_divisor = staticmethod(target_tokens)
+    count_tokens = staticmethod(real_tokens)
 
     def state_dict(self) -> dict:
         """Between rollouts: where the next rollout starts; mid-rollout: where this one started."""

@@ -5,8 +5,12 @@ module (imported only when the stage runs). The engine knows nothing stage-speci
 
 - `build_model(cfg, tokenizer, model_config, weights_dir)` → the model to train (causal LM or a 1-label
   sequence classifier), before LoRA/freezing (applied by the run);
-- `build_train_data(cfg, tokenizer, accelerator)` → this rank's data (any object; handed to `start`);
-- `build_evals(cfg, tokenizer, accelerator)` → callables `(model, step) -> {metric: float}`;
+- `build_train_data(cfg, tokenizer, accelerator)` → this rank's data (any object; handed to `build_evals`,
+  `derive_train` and `start`);
+- `derive_train(cfg, data)` (optional) → `{train key: value}` the stage derives from its data (e.g. the steps
+  that `train.num_training_epochs` hold); the run applies them to a copy of the config before it is saved
+  and used (no stage changes the config it was given);
+- `build_evals(cfg, tokenizer, accelerator, data)` → callables `(model, step) -> {metric: float}`;
 - `section` (a `StageSection`, optional) → its config: the `<stage>:` section model, `check(cfg, fail)` run
   at config load (`fail(key, problem)` raises the ConfigError naming the key), keys it adds to data:/train:/
   eval:, and flags; `RunConfig` is assembled from the sections of this registry (`load_config` here);
@@ -18,14 +22,18 @@ module (imported only when the stage runs). The engine knows nothing stage-speci
         micro-batches and all processes (one all-reduce per step), averaged over the steps of a log interval.
         A statistic given as `(sum, sum of squares, count)` also logs `train/<name>_std` (population std
         over the step's items). Every micro-batch returns the same stat names.
-    `count_items(batch)` / `count_tokens(batch)`: loss items (the loss of a step is Σloss_sum / Σitems over
-        all processes) and input tokens (throughput);
+    `loss_divisor(batch)` / `count_tokens(batch)`: what the step's summed loss is divided by (the loss of a
+        step is Σloss_sum / Σloss_divisor over all processes: target tokens, pairs, ...) and input tokens
+        (throughput);
     `state_dict()` / `load_state_dict(state)`: JSON-able state for exact resume (data position, rollout
         position, sampling generator);
     `can_save()`: whether a checkpoint may be written now (a rollout stage: only between rollouts);
-    `report()`: `{metric: float}` logged with the training metrics (e.g. per-source shares).
+    `report()`: `{metric: float}` logged with the training metrics (e.g. per-source shares);
+    `saved_config()` (optional): `{field: value}` the checkpoint writes into the saved model's config.json
+        (the reward model's score statistics).
 
-Adding a stage = its file + one line in `REGISTRY`. `loader_run` gives the run object of a stage that just streams batches from a resumable loader.
+Adding a stage = its file + one line in `REGISTRY`. `LoaderRun` is the run object of a stage that just
+streams batches from a resumable loader; `lm_run` the one of a causal-LM stage (pretrain, SFT).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +49,8 @@ import torch
 
 from llms_trainer import config
 from llms_trainer.config import RunConfig, Stages, StageSection
+from llms_trainer.data.packing import real_tokens
+from llms_trainer.ops import lm_loss
 
 Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
 Stats = dict[str, tuple[Any, ...]]  # (sum, count) or (sum, sum of squares, count)
@@ -68,7 +79,7 @@ class StageContext:
 class StageRun(Protocol):
     def next_step(self, n: int) -> list[dict]: ...
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, Stats]: ...
-    def count_items(self, batch: dict) -> int: ...
+    def loss_divisor(self, batch: dict) -> int: ...
     def count_tokens(self, batch: dict) -> int: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -81,9 +92,10 @@ class Stage:
     name: str
     build_model: Callable[..., torch.nn.Module]
     build_train_data: Callable[[Any, Any, Any], Any]
-    build_evals: Callable[[Any, Any, Any], list[Evaluator]]
+    build_evals: Callable[[Any, Any, Any, Any], list[Evaluator]]
     start: Callable[[Any, StageContext], StageRun]
     section: StageSection = StageSection()
+    derive_train: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
 class StageNotAvailable(ImportError):
@@ -127,9 +139,9 @@ class LoaderRun:
     `loss_fn(model, batch) -> (loss_sum, stats)`; the loader has `state_dict`, `load_state_dict`, `report`.
     """
 
-    def __init__(self, loader, loss_fn: Callable, count_items: Callable[[dict], int],
+    def __init__(self, loader, loss_fn: Callable, loss_divisor: Callable[[dict], int],
                  count_tokens: Callable[[dict], int]):
-        self.loader, self.loss, self.count_items, self.count_tokens = loader, loss_fn, count_items, count_tokens
+        self.loader, self.loss, self.loss_divisor, self.count_tokens = loader, loss_fn, loss_divisor, count_tokens
         self._batches: Iterator[dict] | None = None
 
     def next_step(self, n: int) -> list[dict]:
@@ -160,6 +172,12 @@ class LoaderRun:
         return metrics
 
 
-def loader_run(loader, loss_fn: Callable, count_items: Callable[[dict], int],
-               count_tokens: Callable[[dict], int]) -> LoaderRun:
-    return LoaderRun(loader, loss_fn, count_items, count_tokens)
+
+def lm_run(cfg: Any, ctx: StageContext) -> LoaderRun:
+    """The run of a causal-LM stage: `lm_loss` with train.loss_chunk_tokens and the LM head under the
+    accelerator's autocast, split by source when the data names its sources (pretraining); divided by the
+    target tokens."""
+    sources = tuple(getattr(getattr(ctx.data, "dataset", None), "source_names", ()))
+    loss = partial(lm_loss.lm_loss, sources=sources, chunk_tokens=cfg.train.loss_chunk_tokens,
+                   autocast=ctx.accelerator.autocast)
+    return LoaderRun(ctx.data, loss, lambda batch: lm_loss.target_tokens(batch), real_tokens)

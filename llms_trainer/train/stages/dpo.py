@@ -12,11 +12,11 @@ Reference: the model of train.ckpt, frozen (`prepare_frozen`); under LoRA the po
 adapters switched off (no copy). `dpo.precompute_ref_logps` scores every pair with the reference once at
 start and frees it. Held-out pairs (`dpo.eval_datasets`) are scored by the reference at start too.
 
-Engine form: a stage returns `dpo_loss_sum(...)` = (sum of per-pair losses, number of pairs); the engine
-divides the step's summed losses by the step's pairs, which is the batch-mean loss.
+Engine form: the run returns (sum of per-pair losses, stats) and divides nothing: the engine divides the
+step's summed losses by the step's pairs (the loss divisor), which is the batch-mean loss.
 
 Notation (TRL DPOTrainer's, `loss_type` names as in TRL): per pair, with log-probs summed over the
-completion tokens (`llms_trainer.train.logprobs.sequence_logprob_sum`),
+completion tokens (`llms_trainer.ops.logprobs.token_logprobs` summed per row),
 
     h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
 
@@ -40,8 +40,6 @@ chosen > rejected), logps/chosen, logps/rejected (the policy's response log-prob
 
 from __future__ import annotations
 
-import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from llms_trainer.config import ConfigError, RunConfig
-from llms_trainer.data.packing import IGNORE_INDEX
+from llms_trainer.data.packing import IGNORE_INDEX, pad_id
 from llms_trainer.data.pairs import (
     BadRecordError,
     EncodedPairs,
@@ -57,18 +55,19 @@ from llms_trainer.data.pairs import (
     PairDataError,
     PairRun,
     PairStream,
-    input_files,
     pair_batch,
     read_pairs,
 )
-from llms_trainer.data.pipeline import pad_id_of
 from llms_trainer.data.sft import ChatEncoder, ChatTokenizerError
-from llms_trainer.evaluation import batches, eval_mode, gather_results, merge_results, rank_share
+from llms_trainer.data.shards import dataset_files
 from llms_trainer.evaluation.methods import build_evaluators
-from llms_trainer.model.frozen import adapters_disabled, prepare_frozen
-from llms_trainer.model.load import build_causal_lm, zero3_init_as_configured
-from llms_trainer.train.logprobs import token_logprobs
-from llms_trainer.train.stages import Stage, StageContext, sft
+from llms_trainer.evaluation.pair_accuracy import named_files
+from llms_trainer.model.load import build_chat_lm
+from llms_trainer.ops.logprobs import token_logprobs
+from llms_trainer.ops.models import eval_mode
+from llms_trainer.ops.ranks import batches, gather_results, merge_results, rank_share
+from llms_trainer.ops.reference import build_reference, reference_of
+from llms_trainer.train.stages import Stage, StageContext
 from llms_trainer.train.stages.dpo_section import SECTION, DPOConfig
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
@@ -100,15 +99,6 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards
-
-
-def dpo_loss_sum(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                 ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *, beta: float = 0.1,
-                 loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
-    """(sum of the per-pair losses, number of pairs): the engine's sum form of `dpo_loss`."""
-    losses, _, _ = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                            beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
-    return losses.sum(), losses.numel()
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -180,14 +170,12 @@ class DPOStream(PairStream):
 
 @dataclass
 class DPOData:
-    """What build_train_data hands to start: the stream, plus the held-out sets build_evals adds."""
+    """What build_train_data returns (to build_evals and start): the stream and the held-out pairs; start
+    adds the reference log-probs of the held-out pairs (the evaluator reads them)."""
 
     stream: DPOStream
     eval_sets: dict[str, DPOPairs] = field(default_factory=dict)
-    evaluator: DPOEvaluator | None = None
-
-
-_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # accelerator → this run's DPOData
+    eval_ref_logps: dict[str, torch.Tensor] = field(default_factory=dict)  # [N, 2] per set, set by start
 
 
 def load_pairs(tokenizer, entries: list[str], seq_length: int, on_bad_record: str, key: str) -> DPOPairs:
@@ -209,15 +197,16 @@ def load_pairs(tokenizer, entries: list[str], seq_length: int, on_bad_record: st
 
 def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> DPOData:
     d, t = cfg.data, cfg.train
-    pairs = load_pairs(tokenizer, input_files(cfg.dpo.datasets), d.seq_length, d.on_bad_record, "dpo.datasets")
+    pairs = load_pairs(tokenizer, dataset_files(cfg.dpo.datasets), d.seq_length, d.on_bad_record, "dpo.datasets")
     stream = DPOStream(pairs, t.train_batch_size, accelerator.process_index, accelerator.num_processes, t.seed,
-                       t.num_training_epochs, pad_id_of(tokenizer))
+                       t.num_training_epochs, pad_id(tokenizer))
     per_step = t.train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
     accelerator.print(f"dpo data: {len(pairs)} pairs, {pairs.bad_lines} bad lines skipped, {pairs.dropped} dropped "
                       f"(response cut away by data.seq_length = {d.seq_length} or identical sides); {per_step} pairs "
                       "per optimizer step")
-    _DATA[accelerator] = data = DPOData(stream)
-    return data
+    eval_sets = {name: load_pairs(tokenizer, [path], d.seq_length, "error", "dpo.eval_datasets")
+                 for name, path in named_files(cfg.dpo.eval_datasets or {}).items()}
+    return DPOData(stream, eval_sets)
 
 
 # -- log-probs ------------------------------------------------------------------------------------------
@@ -243,26 +232,6 @@ def all_pair_logps(model, pairs: DPOPairs, batch_size: int, accelerator, fill: i
             local += [(index, (c, r)) for (index, _), c, r in zip(group, chosen.tolist(), rejected.tolist(),
                                                                    strict=True)]
     return torch.tensor(merge_results(gather_results(accelerator, local)), dtype=torch.float32)
-
-
-@contextmanager
-def reference_of(model, reference, accelerator):
-    """The frozen reference to score with: the separate model, or the LoRA policy with adapters off."""
-    if reference is not None:
-        with torch.no_grad():
-            yield reference
-    else:
-        with adapters_disabled(model, accelerator) as policy, eval_mode(policy):
-            yield policy
-
-
-def build_reference(cfg: RunConfig, ctx: StageContext):
-    """The frozen starting model (None under LoRA: the policy with adapters disabled is the reference)."""
-    if cfg.train.use_lora:
-        return None
-    with zero3_init_as_configured(ctx.accelerator):
-        model = build_causal_lm(cfg, ctx.tokenizer, ctx.model_config)
-    return prepare_frozen(model, ctx.accelerator)
 
 
 # -- the run --------------------------------------------------------------------------------------------
@@ -298,12 +267,11 @@ def start(cfg: RunConfig, ctx: StageContext) -> DPORun:
     pair) are computed here, before the first step."""
     data: DPOData = ctx.data
     options, accelerator = cfg.dpo, ctx.accelerator
-    reference = build_reference(cfg, ctx)
-    fill, size, mean = pad_id_of(ctx.tokenizer), cfg.eval.batch_size, options.loss_type == "ipo"
+    reference = build_reference(cfg, ctx.tokenizer, ctx.accelerator, ctx.model_config)
+    fill, size, mean = pad_id(ctx.tokenizer), cfg.eval.batch_size, options.loss_type == "ipo"
     with reference_of(ctx.model, reference, accelerator) as scorer:
-        if data.evaluator is not None:
-            data.evaluator.ref = {name: all_pair_logps(scorer, pairs, size, accelerator, fill, mean)
-                                  for name, pairs in data.eval_sets.items()}
+        data.eval_ref_logps = {name: all_pair_logps(scorer, pairs, size, accelerator, fill, mean)
+                               for name, pairs in data.eval_sets.items()}
         if options.precompute_ref_logps:
             data.stream.ref_logps = all_pair_logps(scorer, data.stream.dpo_pairs, cfg.train.train_batch_size,
                                                    accelerator, fill, mean)
@@ -317,17 +285,16 @@ def start(cfg: RunConfig, ctx: StageContext) -> DPORun:
 class DPOEvaluator:
     """eval/dpo/<name>/{loss, rewards/margins, rewards/accuracies} on held-out pairs, and over all files."""
 
-    def __init__(self, sets: dict[str, DPOPairs], options: DPOConfig, accelerator, batch_size: int, fill: int):
-        self.sets, self.options, self.accelerator, self.batch_size, self.fill = sets, options, accelerator, batch_size, fill
-        self.ref: dict[str, torch.Tensor] = {}  # [N, 2] per set, filled by start
+    def __init__(self, data: DPOData, options: DPOConfig, accelerator, batch_size: int, fill: int):
+        self.data, self.options, self.accelerator, self.batch_size, self.fill = data, options, accelerator, batch_size, fill
 
     def __call__(self, model, step: int) -> dict[str, float]:
         o, metrics, every = self.options, {}, []
         with eval_mode(model):
-            for name, pairs in self.sets.items():
+            for name, pairs in self.data.eval_sets.items():
                 policy = all_pair_logps(model, pairs, self.batch_size, self.accelerator, self.fill,
                                         o.loss_type == "ipo")
-                ref = self.ref[name]
+                ref = self.data.eval_ref_logps[name]
                 losses, chosen, rejected = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=o.beta,
                                                     loss_type=o.loss_type, label_smoothing=o.label_smoothing)
                 margins = chosen - rejected
@@ -341,19 +308,13 @@ class DPOEvaluator:
         return metrics
 
 
-def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
+def build_evals(cfg: RunConfig, tokenizer, accelerator, data: DPOData) -> list:
     """The eval methods of eval.eval_methods, and the held-out pair metrics of dpo.eval_datasets."""
-    from llms_trainer.evaluation.reward_accuracy import named_files
-
     evals = build_evaluators(cfg, tokenizer, accelerator)
-    if cfg.dpo.eval_datasets:
-        data: DPOData = _DATA[accelerator]
-        data.eval_sets = {name: load_pairs(tokenizer, [path], cfg.data.seq_length, "error", "dpo.eval_datasets")
-                          for name, path in named_files(cfg.dpo.eval_datasets).items()}
-        data.evaluator = DPOEvaluator(data.eval_sets, cfg.dpo, accelerator, cfg.eval.batch_size, pad_id_of(tokenizer))
-        evals.append(data.evaluator)
+    if data.eval_sets:
+        evals.append(DPOEvaluator(data, cfg.dpo, accelerator, cfg.eval.batch_size, pad_id(tokenizer)))
     return evals
 
 
-STAGE = Stage(name="dpo", build_model=sft.build_model, build_train_data=build_train_data, build_evals=build_evals,
+STAGE = Stage(name="dpo", build_model=build_chat_lm, build_train_data=build_train_data, build_evals=build_evals,
               start=start, section=SECTION)

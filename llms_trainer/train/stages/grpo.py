@@ -4,7 +4,7 @@ Rollout (every process, once per `grpo.num_iterations` optimizer steps): train.t
 gradient_accumulation_steps / num_generations prompts (`llms_trainer.data.prompts`), each completed
 `num_generations` times by the shared `generate` from this process's `torch.Generator` (state saved in
 checkpoints); a completion ends at <|endofchat|> or EOS, the rest is masked. Rewards
-(`llms_trainer.train.rewards`) are gathered from all processes for the group advantages. With
+(`llms_trainer.ops.completion_rewards`) are gathered from all processes for the group advantages. With
 num_iterations > 1 the rollout-time log-probs are the "old" ones of the ratio; with beta > 0 the frozen
 starting model's are taken too (the LoRA policy with adapters off under LoRA); all of logits / temperature.
 Checkpoints come between rollouts; one written at the end of training inside a rollout stores the rollout,
@@ -30,15 +30,14 @@ Normalisations (`loss_type`, TRL's names), with m the completion mask, B sequenc
 from __future__ import annotations
 
 import base64
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from llms_trainer.config import ConfigError, RunConfig
-from llms_trainer.data.pairs import input_files
-from llms_trainer.data.pipeline import pad_id_of
+from llms_trainer.data.chat_format import END_TOKEN
+from llms_trainer.data.packing import pad_id
 from llms_trainer.data.prompts import (
     PromptDataError,
     PromptSet,
@@ -47,22 +46,24 @@ from llms_trainer.data.prompts import (
     read_prompts,
 )
 from llms_trainer.data.sft import ChatTokenizerError
-from llms_trainer.evaluation import eval_mode, left_padded
-from llms_trainer.evaluation.generation import generate
+from llms_trainer.data.shards import dataset_files
 from llms_trainer.evaluation.methods import build_evaluators
 from llms_trainer.evaluation.rl import CompletionRewardEval
-from llms_trainer.tokenizer.chat import END_TOKEN
-from llms_trainer.train.logprobs import token_logprobs
-from llms_trainer.train.rewards import (
+from llms_trainer.model.load import build_chat_lm
+from llms_trainer.ops.completion_rewards import (
     Rewarder,
     RewardFunctionError,
     build_rewarder,
     check_signature,
     load_reward_function,
-    rewards_agreed,
+    score_completions,
 )
-from llms_trainer.train.stages import Stage, StageContext, sft
-from llms_trainer.train.stages.dpo import build_reference, reference_of
+from llms_trainer.ops.generate import generate
+from llms_trainer.ops.logprobs import token_logprobs
+from llms_trainer.ops.models import eval_mode
+from llms_trainer.ops.padding import left_padded
+from llms_trainer.ops.reference import build_reference, reference_of
+from llms_trainer.train.stages import Stage, StageContext
 from llms_trainer.train.stages.grpo_section import SECTION
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -135,25 +136,6 @@ def grpo_loss_sum(token_losses: torch.Tensor, completion_mask: torch.Tensor, los
     return per_sequence.sum(), int(completion_mask.sum())
 
 
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
-              advantages: torch.Tensor, completion_mask: torch.Tensor, *, epsilon_low: float = 0.2,
-              epsilon_high: float = 0.2, beta: float = 0.0, loss_type: str = "dapo",
-              max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss of the whole batch, stats): logps, old_logps, ref_logps and completion_mask are [B, C] over the
-    completion tokens, advantages [B]. Stats are means over completion tokens: "kl", "clip_ratio/low_mean",
-    "clip_ratio/high_mean", "clip_ratio/region_mean" (TRL's metric names)."""
-    parts = grpo_token_losses(logps, old_logps, ref_logps, advantages, epsilon_low=epsilon_low,
-                              epsilon_high=epsilon_high, beta=beta)
-    loss_sum, items = grpo_loss_sum(parts["loss"], completion_mask, loss_type, max_completion_length)
-    mask = completion_mask.bool()
-    tokens = max(int(mask.sum()), 1)
-    low, high = parts["clipped_low"] & mask, parts["clipped_high"] & mask
-    stats = {"kl": float((parts["kl"].detach() * mask).sum()) / tokens,
-             "clip_ratio/low_mean": int(low.sum()) / tokens, "clip_ratio/high_mean": int(high.sum()) / tokens,
-             "clip_ratio/region_mean": int((low | high).sum()) / tokens}
-    return loss_sum / max(items, 1), stats
-
-
 # -- data -----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -186,20 +168,16 @@ def load_prompt_set(cfg: RunConfig, tokenizer, entries: list[str], key: str, on_
     return result
 
 
-_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # accelerator → this run's GRPOData (for build_evals)
-
-
 def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> GRPOData:
     g, t = cfg.grpo, cfg.train
-    train = load_prompt_set(cfg, tokenizer, input_files(g.prompts), "grpo.prompts", cfg.data.on_bad_record)
+    train = load_prompt_set(cfg, tokenizer, dataset_files(g.prompts), "grpo.prompts", cfg.data.on_bad_record)
     per_draw = t.train_batch_size * t.gradient_accumulation_steps // g.num_generations
     stream = PromptStream(len(train.prompts), per_draw, accelerator.process_index, accelerator.num_processes, t.seed)
     accelerator.print(f"grpo data: {len(train.prompts)} prompts ({train.bad_lines} bad lines skipped, "
                       f"{train.dropped} dropped as too long), columns "
                       f"{train.columns or 'none'}; per rollout {per_draw * accelerator.num_processes} prompts × "
                       f"{g.num_generations} completions, {g.num_iterations} optimizer step(s) each")
-    _DATA[accelerator] = data = GRPOData(train, stream)
-    return data
+    return GRPOData(train, stream)
 
 
 # -- rollouts -------------------------------------------------------------------------------------------
@@ -260,14 +238,14 @@ class GRPORun:
         out = generate(self.ctx.model, self.tokenizer, ids, max_new_tokens=g.max_new_tokens, do_sample=True,
                        temperature=g.temperature, top_p=g.top_p, stop_token_ids=self.stops,
                        batch_size=g.generation_batch_size, generator=self.generator, accelerator=acc)
-        parts = rewards_agreed(data.rewarder, [data.train.prompts[i].text for i in indices], out.texts,
-                               data.train.column_values(indices), acc, self.step + 1)
+        parts = score_completions(data.rewarder, [data.train.prompts[i].text for i in indices], out.texts,
+                                  data.train.column_values(indices), acc, self.step + 1)
         rewards, lengths = data.rewarder.total(parts), out.completion_mask.sum(-1)
         everyone = _gathered(acc, torch.stack([rewards, lengths.float()], 1))
         advantages, _ = group_advantages(everyone[:, 0], g.num_generations, g.scale_rewards)
         mine = slice(acc.process_index * len(ids), (acc.process_index + 1) * len(ids))
         grouped = rewards.view(-1, g.num_generations)
-        batch = assemble(ids, out.completion_ids, out.completion_mask, pad_id_of(self.tokenizer))
+        batch = assemble(ids, out.completion_ids, out.completion_mask, pad_id(self.tokenizer))
         keep = ~out.truncated if g.mask_truncated_completions else torch.ones_like(out.truncated)
         batch.update(loss_mask=out.completion_mask * keep[:, None], advantages=advantages[mine], rewards=rewards,
                      reward_parts=parts, truncated=out.truncated,
@@ -322,7 +300,7 @@ class GRPORun:
             stats["kl"] = ((parts["kl"].detach() * mask).sum(), tokens)
         return stats
 
-    def count_items(self, batch: dict) -> int:
+    def loss_divisor(self, batch: dict) -> int:
         return int(batch["loss_mask"].sum()) if self.g.loss_type == "dapo" else len(batch["rewards"])
 
     def count_tokens(self, batch: dict) -> int:
@@ -364,21 +342,21 @@ def _from_json(batch: dict) -> dict:
 def start(cfg: RunConfig, ctx: StageContext) -> GRPORun:
     data: GRPOData = ctx.data
     data.rewarder = build_rewarder(cfg, ctx.accelerator, data.train.columns)
-    reference = build_reference(cfg, ctx) if cfg.grpo.beta > 0 else None
+    reference = build_reference(cfg, ctx.tokenizer, ctx.accelerator, ctx.model_config) if cfg.grpo.beta > 0 else None
     return GRPORun(cfg, ctx, data, reference)
 
 
 # -- eval and config ---------------------------------------------------------------------------------
 
-def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
-    """The eval methods of eval.eval_methods, and the reward of greedy completions on grpo.eval_prompts."""
+def build_evals(cfg: RunConfig, tokenizer, accelerator, data: GRPOData) -> list:
+    """The eval methods of eval.eval_methods, and the reward of greedy completions on grpo.eval_prompts
+    (scored by the run's rewarder, which start adds to `data`)."""
     evals = build_evaluators(cfg, tokenizer, accelerator)
     if cfg.grpo.eval_prompts:
-        data: GRPOData = _DATA[accelerator]
-        prompts = load_prompt_set(cfg, tokenizer, input_files(cfg.grpo.eval_prompts), "grpo.eval_prompts", "error")
+        prompts = load_prompt_set(cfg, tokenizer, dataset_files(cfg.grpo.eval_prompts), "grpo.eval_prompts", "error")
         evals.append(CompletionRewardEval(cfg, prompts, lambda: data.rewarder, tokenizer, accelerator))
     return evals
 
 
-STAGE = Stage(name="grpo", build_model=sft.build_model, build_train_data=build_train_data, build_evals=build_evals,
+STAGE = Stage(name="grpo", build_model=build_chat_lm, build_train_data=build_train_data, build_evals=build_evals,
               start=start, section=SECTION)

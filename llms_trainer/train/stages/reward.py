@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import torch
@@ -35,38 +36,22 @@ from llms_trainer.config import (
     StageSection,
     bundled_files,
 )
+from llms_trainer.data.packing import pad_id
 from llms_trainer.data.pairs import (
     BadRecordError,
     PairDataError,
     PairRun,
     PairStream,
     encode_pairs,
-    input_files,
     read_pairs,
 )
-from llms_trainer.data.pipeline import pad_id_of
-from llms_trainer.evaluation import position_ids_from_mask
+from llms_trainer.data.shards import dataset_files
+from llms_trainer.evaluation.pair_accuracy import ScoreStats, build_reward_evaluator
 from llms_trainer.model.load import build_sequence_classifier
+from llms_trainer.ops.scores import score_head, sequence_scores
 from llms_trainer.train.stages import Stage, StageContext
 
 HEAD_DOWNSCALE = 0.1  # train.downscale_weight: factor on a new score head's initial weights
-
-
-def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B]: values[b, t] at the last t where attention_mask[b, t] == 1.
-
-    Reads the mask, not the token ids, so left padding, right padding and pad == eos all give the score of
-    the last real token (the rule OpenRLHF's reward model uses; TRL's `get_reward` instead looks for the
-    first pad id, which breaks when pad == eos).
-    """
-    if values.shape != attention_mask.shape:
-        raise ValueError(f"values {tuple(values.shape)} and attention_mask {tuple(attention_mask.shape)} "
-                         "must both be [batch, length]")
-    mask = attention_mask.long()
-    if not mask.any(-1).all():
-        raise ValueError("a row of attention_mask has no real token: nothing to score")
-    last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
-    return values.gather(1, last[:, None]).squeeze(1)
 
 
 def pairwise_loss(s_chosen: torch.Tensor, s_rejected: torch.Tensor,
@@ -98,41 +83,6 @@ def reward_loss_sum(s_chosen: torch.Tensor, s_rejected: torch.Tensor,
     if center_coef:
         losses = losses + center_rewards(s_chosen, s_rejected, center_coef)
     return losses.sum(), losses.numel()
-
-
-# -- scores ---------------------------------------------------------------------------------------------
-
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside DDP / DeepSpeed / torch.compile / peft wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def score_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The score head of a (wrapped) sequence classifier."""
-    model = base_model(model)
-    head = getattr(model, "score", None)
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no score head; load the model with "
-                         "AutoModelForSequenceClassification (num_labels=1)")
-    return head
-
-
-def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[N] float32 score of each row: the head's value at its last real token (see the module doc).
-
-    `model` is called as a whole (so DDP and DeepSpeed see their forward); the head's per-token output is
-    taken with a forward hook, never from transformers' own pad-token search.
-    """
-    captured: list[torch.Tensor] = []
-    handle = score_head(model).register_forward_hook(lambda module, args, output: captured.append(output))
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-              use_cache=False)
-    finally:
-        handle.remove()
-    return last_token_scores(captured[-1][..., 0].float(), attention_mask.to(captured[-1].device))
 
 
 def pair_statistics(s_chosen: torch.Tensor, s_rejected: torch.Tensor) -> dict[str, tuple]:
@@ -177,12 +127,22 @@ def pairs_per_micro_batch(cfg: RunConfig) -> int:
     return cfg.data.batch_size or cfg.train.train_batch_size
 
 
-def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> PairStream:
-    """This process's pair stream. Sets train.train_batch_size to the pairs per micro-batch and, when only
-    train.num_training_epochs is given, train.num_training_steps = the full steps the epochs hold."""
+@dataclass
+class RewardData:
+    """What build_train_data returns: the pair stream, the train settings derived from it (`derive_train`) and
+    the score statistics the evaluator records and the checkpoint saves (`RewardRun.saved_config`)."""
+
+    stream: PairStream
+    train_settings: dict[str, int]
+    score_stats: ScoreStats = field(default_factory=ScoreStats)
+
+
+def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> RewardData:
+    """This process's pair stream of `pairs_per_micro_batch` pairs a micro-batch; when only
+    train.num_training_epochs is given, the full optimizer steps the epochs hold (ConfigError when none)."""
     d, t = cfg.data, cfg.train
     try:
-        records, report = read_pairs(input_files(d.reward_model_datasets), d.on_bad_record)
+        records, report = read_pairs(dataset_files(d.reward_model_datasets), d.on_bad_record)
         pairs = encode_pairs(tokenizer, records, d.seq_length)
     except BadRecordError as err:
         raise ConfigError(f"key data.reward_model_datasets: {err}; fix the line or set data.on_bad_record: "
@@ -192,32 +152,40 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator) -> PairStream:
     if not len(pairs):
         raise ConfigError(f"key data.reward_model_datasets: all {pairs.identical} pairs have identical chosen and "
                           f"rejected sequences after truncation to data.seq_length={d.seq_length}; raise it")
-    t.train_batch_size = pairs_per_micro_batch(cfg)
-    world = accelerator.num_processes
-    stream = PairStream(pairs, t.train_batch_size, accelerator.process_index, world, t.seed,
-                        t.num_training_epochs, pad_id_of(tokenizer))
-    per_step = t.train_batch_size * t.gradient_accumulation_steps * world
+    batch_size, world = pairs_per_micro_batch(cfg), accelerator.num_processes
+    stream = PairStream(pairs, batch_size, accelerator.process_index, world, t.seed, t.num_training_epochs,
+                        pad_id(tokenizer))
+    per_step = batch_size * t.gradient_accumulation_steps * world
+    settings = {"train_batch_size": batch_size}
     if t.num_training_steps is None:
-        t.num_training_steps = stream.total_batches() // t.gradient_accumulation_steps
-        if t.num_training_steps == 0:
+        settings["num_training_steps"] = steps = stream.total_batches() // t.gradient_accumulation_steps
+        if steps == 0:
             raise ConfigError(f"key train.num_training_epochs: {t.num_training_epochs} epoch(s) of {len(pairs)} "
                               f"pairs hold no full optimizer step of {per_step} pairs; lower data.batch_size or "
                               "train.gradient_accumulation_steps, or raise the epochs")
-        if t.num_warmup_steps > t.num_training_steps:
+        if t.num_warmup_steps > steps:
             raise ConfigError(f"key train.num_warmup_steps: {t.num_warmup_steps} exceeds the "
-                              f"{t.num_training_steps} steps computed from train.num_training_epochs")
+                              f"{steps} steps computed from train.num_training_epochs")
     files = ", ".join(f"{os.path.basename(name)} {count}" for name, count in report.pairs.items())
     accelerator.print(f"reward data: {len(pairs)} pairs ({files}); {sum(report.bad.values())} bad lines skipped, "
                       f"{pairs.identical} pairs dropped as identical after truncation to {d.seq_length} tokens; "
-                      f"{per_step} pairs per optimizer step, {t.num_training_steps} steps")
-    return stream
+                      f"{per_step} pairs per optimizer step, "
+                      f"{settings.get('num_training_steps', t.num_training_steps)} steps")
+    return RewardData(stream, settings)
+
+
+def derive_train(cfg: RunConfig, data: RewardData) -> dict[str, int]:
+    """train.train_batch_size = the pairs per micro-batch, and train.num_training_steps when it came from
+    train.num_training_epochs."""
+    return data.train_settings
 
 
 class RewardRun(PairRun):
     """The run object: micro-batches from the pair stream, one forward per micro-batch for both sides."""
 
-    def __init__(self, stream: PairStream, center_coef: float):
+    def __init__(self, stream: PairStream, center_coef: float, score_stats: ScoreStats | None = None):
         self.stream, self.center_coef = stream, center_coef
+        self.score_stats = score_stats or ScoreStats()
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
@@ -225,17 +193,21 @@ class RewardRun(PairRun):
         loss, _ = reward_loss_sum(s_chosen, s_rejected, batch.get("margin"), self.center_coef)
         return loss, pair_statistics(s_chosen, s_rejected)
 
+    def saved_config(self) -> dict[str, float]:
+        """reward_mean / reward_std of the latest eval, for the checkpoint's config.json (RL normalises by them)."""
+        return self.score_stats.as_config()
+
 
 def start(cfg: RunConfig, ctx: StageContext) -> RewardRun:
-    return RewardRun(ctx.data, (cfg.reward or RewardConfig()).center_rewards_coefficient or 0.0)
+    data: RewardData = ctx.data
+    return RewardRun(data.stream, (cfg.reward or RewardConfig()).center_rewards_coefficient or 0.0, data.score_stats)
 
 
-def build_evals(cfg: RunConfig, tokenizer, accelerator) -> list:
-    """Pair accuracy on each file of eval.test_reward_model_acc_files (read now: bad records fail early)."""
-    from llms_trainer.evaluation.reward_accuracy import build_reward_evaluator
-
+def build_evals(cfg: RunConfig, tokenizer, accelerator, data: RewardData) -> list:
+    """Pair accuracy on each file of eval.test_reward_model_acc_files (read now: bad records fail early); the
+    score statistics go to `data.score_stats`."""
     files = cfg.eval.test_reward_model_acc_files
-    return [build_reward_evaluator(cfg, tokenizer, accelerator)] if files else []
+    return [build_reward_evaluator(cfg, tokenizer, accelerator, data.score_stats)] if files else []
 
 
 class RewardConfig(Section):
@@ -271,7 +243,7 @@ SHARED_KEYS = {
 def check_config(cfg: RunConfig, fail: Fail) -> None:
     """The reward stage's keys: its data and eval files exist, no keys of other stages, steps or epochs."""
     d, t, e = cfg.data, cfg.train, cfg.eval
-    entries = input_files(d.reward_model_datasets)
+    entries = dataset_files(d.reward_model_datasets)
     if not entries:
         fail("data.reward_model_datasets", "no preference-pair files; give jsonl files, globs or shard dirs "
              "of {prompt, selected, rejected} records")
@@ -283,7 +255,7 @@ def check_config(cfg: RunConfig, fail: Fail) -> None:
     if e.eval_methods:
         fail("eval.eval_methods", "the reward stage evaluates pair accuracy on eval.test_reward_model_acc_files; "
              "remove eval_methods")
-    for path in input_files(e.test_reward_model_acc_files):
+    for path in dataset_files(e.test_reward_model_acc_files):
         if not os.path.isfile(path):
             fail("eval.test_reward_model_acc_files", f"'{path}' does not exist")
     if t.train_and_eval and not e.test_reward_model_acc_files:
@@ -298,7 +270,7 @@ def check_config(cfg: RunConfig, fail: Fail) -> None:
 
 
 STAGE = Stage(name="reward", build_model=build_model, build_train_data=build_train_data,
-              build_evals=build_evals, start=start,
+              build_evals=build_evals, start=start, derive_train=derive_train,
               section=StageSection(model=RewardConfig, check=check_config, shared_keys=SHARED_KEYS,
                                    foreign="read by the reward stage only (train_reward_model.py)",
                                    steps_from_epochs=True,

@@ -14,21 +14,8 @@ from llms_trainer.data.mixing import load_policy, natural_weights
 from llms_trainer.data.sft import ChatTokenizerError, SFTSpec, build_sft_loader
 from llms_trainer.data.shards import list_shards
 from llms_trainer.evaluation.methods import build_evaluators
-from llms_trainer.model.load import build_causal_lm
-from llms_trainer.tokenizer.chat import END_TOKEN
-from llms_trainer.train.stages import LoaderRun, Stage, StageContext, pretrain
-
-
-def build_model(cfg: RunConfig, tokenizer, model_config: str | None = None, weights_dir=None):
-    """The causal LM, told that a reply ends at `<|endofchat|>` (saved with every checkpoint)."""
-    model = build_causal_lm(cfg, tokenizer, model_config, weights_dir)
-    end = tokenizer.convert_tokens_to_ids(END_TOKEN)
-    if end is not None and end != tokenizer.unk_token_id:
-        eos = model.generation_config.eos_token_id
-        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        model.generation_config.eos_token_id = [*dict.fromkeys([*eos, end])]
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+from llms_trainer.model.load import build_chat_lm
+from llms_trainer.train.stages import LoaderRun, Stage, StageContext, lm_run
 
 
 def build_train_data(cfg: RunConfig, tokenizer, accelerator):
@@ -47,17 +34,17 @@ def build_train_data(cfg: RunConfig, tokenizer, accelerator):
         raise ConfigError(f"key data.tokenizer_path: {err}") from err
 
 
-def build_evals(cfg: RunConfig, tokenizer, accelerator):
+def build_evals(cfg: RunConfig, tokenizer, accelerator, data):
     return build_evaluators(cfg, tokenizer, accelerator)
 
 
 def start(cfg: RunConfig, ctx: StageContext) -> LoaderRun:
-    return LoaderRun(ctx.data, pretrain.lm_loss_for(cfg, ctx), pretrain.count_items, pretrain.count_tokens)
+    return lm_run(cfg, ctx)
 
 
 class SFTConfig(Section):
     """sft: section (stage sft; its data keys live in data:)."""
 
 
-STAGE = Stage(name="sft", build_model=build_model, build_train_data=build_train_data, build_evals=build_evals,
+STAGE = Stage(name="sft", build_model=build_chat_lm, build_train_data=build_train_data, build_evals=build_evals,
               start=start, section=StageSection(model=SFTConfig, reads_sources=True, chat=True))

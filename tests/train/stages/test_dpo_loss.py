@@ -7,11 +7,20 @@ import math
 import pytest
 import torch
 
-from llms_trainer.train.stages.dpo import LOSS_TYPES, dpo_loss, dpo_loss_sum
+from llms_trainer.train.stages.dpo import LOSS_TYPES, dpo_loss
 
 # policy log-probs chosen -1, rejected -3; reference -2 and -2: h = (-1 + 3) - 0 = 2
 PAIR = [torch.tensor([-1.0], dtype=torch.float64), torch.tensor([-3.0], dtype=torch.float64),
         torch.tensor([-2.0], dtype=torch.float64), torch.tensor([-2.0], dtype=torch.float64)]
+
+
+def dpo_loss_sum(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                 ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *, beta: float = 0.1,
+                 loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    """(sum of the per-pair losses, number of pairs): the engine's sum form of `dpo_loss`."""
+    losses, _, _ = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                            beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+    return losses.sum(), losses.numel()
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x)

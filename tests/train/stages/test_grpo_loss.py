@@ -12,10 +12,29 @@ import torch
 from llms_trainer.train.stages.grpo import (
     LOSS_TYPES,
     group_advantages,
-    grpo_loss,
     grpo_loss_sum,
     grpo_token_losses,
 )
+
+
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
+              advantages: torch.Tensor, completion_mask: torch.Tensor, *, epsilon_low: float = 0.2,
+              epsilon_high: float = 0.2, beta: float = 0.0, loss_type: str = "dapo",
+              max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The module doc's loss of a whole batch, built from the stage's pieces as its run does: (loss, stats): logps, old_logps, ref_logps and completion_mask are [B, C] over the
+    completion tokens, advantages [B]. Stats are means over completion tokens: "kl", "clip_ratio/low_mean",
+    "clip_ratio/high_mean", "clip_ratio/region_mean" (TRL's metric names)."""
+    parts = grpo_token_losses(logps, old_logps, ref_logps, advantages, epsilon_low=epsilon_low,
+                              epsilon_high=epsilon_high, beta=beta)
+    loss_sum, items = grpo_loss_sum(parts["loss"], completion_mask, loss_type, max_completion_length)
+    mask = completion_mask.bool()
+    tokens = max(int(mask.sum()), 1)
+    low, high = parts["clipped_low"] & mask, parts["clipped_high"] & mask
+    stats = {"kl": float((parts["kl"].detach() * mask).sum()) / tokens,
+             "clip_ratio/low_mean": int(low.sum()) / tokens, "clip_ratio/high_mean": int(high.sum()) / tokens,
+             "clip_ratio/region_mean": int((low | high).sum()) / tokens}
+    return loss_sum / max(items, 1), stats
+
 
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])  # two prompts, three completions each; the second flat
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from llms_trainer.train.stages.reward import center_rewards, last_token_scores, pairwise_loss, reward_loss_sum
+from llms_trainer.ops.scores import last_token_scores
+from llms_trainer.train.stages.reward import center_rewards, pairwise_loss, reward_loss_sum
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 10.0, 11.0, 12.0]])
 

@@ -121,7 +121,7 @@ class RewardModel:
         self.model, self.batch_size = prepare_frozen(model, accelerator), batch_size
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        from llms_trainer.evaluation.reward_accuracy import score_pairs
+        from llms_trainer.ops.scores import score_pairs
 
         scores = score_pairs(self.model, self.tokenizer, prompts, completions, batch_size=self.batch_size)
         return [(s - self.mean) / self.std for s in scores]
@@ -288,7 +288,7 @@ def build_rewarder(cfg, accelerator, columns: list[str]) -> Rewarder:
                     g.reward_timeout_s)
 
 
-def rewards_agreed(rewarder: Rewarder, prompts: list[str], completions: list[str], columns: dict,
+def score_completions(rewarder: Rewarder, prompts: list[str], completions: list[str], columns: dict,
                    accelerator, step: int | str = "?") -> torch.Tensor:
     """The reward parts [N, F]; a reward function's error on any process is raised on every process (the
     same ConfigError everywhere, so all of them stop together instead of waiting in a collective)."""
@@ -298,7 +298,7 @@ def rewards_agreed(rewarder: Rewarder, prompts: list[str], completions: list[str
     except ConfigError as err:
         problem = str(err)
     if accelerator.num_processes > 1:
-        from llms_trainer.evaluation import gather_results
+        from llms_trainer.ops.ranks import gather_results
 
         problems = gather_results(accelerator, [problem])
     else:

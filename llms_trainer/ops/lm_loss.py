@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from llms_trainer.data.packing import IGNORE_INDEX, model_inputs
+from llms_trainer.ops.models import unwrapped
 
 DEFAULT_CHUNK_TOKENS = 1024
 Autocast = Callable[[], AbstractContextManager]
@@ -115,15 +116,39 @@ def target_logprobs(model: torch.nn.Module, inputs: dict, targets: torch.Tensor,
     return result.masked_scatter(keep, scored)
 
 
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / DeepSpeed engines and torch.compile wrappers (a peft model stays peft)."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):
-            model = model.module
-        else:
-            return model
+def lm_loss(model: torch.nn.Module, batch: dict, sources: tuple[str, ...] = (), chunk_tokens: int = 0,
+            autocast: Autocast = nullcontext) -> tuple[torch.Tensor, dict]:
+    """(summed next-token loss, statistics): the loss of every causal-LM stage (`chunk_tokens` as in
+    `lm_loss_sum`; 0 here: the model's full logits).
+
+    With `sources` (names in data order) and a batch carrying `source_ids`, the statistics split the same
+    per-token losses by the source of each target token: `source/<name>/loss` (nats per target token) and
+    `source/<name>/token_share` (its share of the step's target tokens); their token-weighted mean is the loss.
+    """
+    if not sources or "source_ids" not in batch:
+        return lm_loss_sum(model, batch, chunk_tokens, autocast), {}
+    total, per_token = lm_loss_terms(model, batch, chunk_tokens, autocast)
+    return total, source_stats(per_token, batch, sources)
+
+
+def source_stats(per_token: torch.Tensor, batch: dict, sources: tuple[str, ...]) -> dict:
+    """{source/<name>/loss: (Σ loss, targets), source/<name>/token_share: (targets, all targets)} of a batch."""
+    targets = shifted_targets(batch["labels"]) != IGNORE_INDEX
+    owner = shifted_targets(batch["source_ids"]).masked_fill(~targets, -1)
+    losses = torch.zeros(len(sources), dtype=torch.float64, device=per_token.device)
+    losses.index_add_(0, owner[targets], per_token[targets].double())
+    counts = torch.bincount(owner[targets], minlength=len(sources)).double()
+    every = counts.sum()
+    stats = {}
+    for i, name in enumerate(sources):
+        stats[f"source/{name}/loss"] = (losses[i], counts[i])
+        stats[f"source/{name}/token_share"] = (counts[i], every)
+    return stats
+
+
+def target_tokens(batch: dict) -> int:
+    """Target tokens of a micro-batch: the divisor of its summed LM loss."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module:

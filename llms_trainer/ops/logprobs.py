@@ -3,7 +3,7 @@ DPO and GRPO stages).
 
 Token t is scored by the logits at position t - 1, so column 0 can never be labelled. Only the positions
 that score a labelled token go through the LM head, `chunk_tokens` of them at a time, with the fp32
-log-softmax taken as `gathered logit - logsumexp(logits)` (llms_trainer.train.lm_loss.target_logprobs), so
+log-softmax taken as `gathered logit - logsumexp(logits)` (llms_trainer.ops.lm_loss.target_logprobs), so
 the [positions, vocab] logits never exist whole. Logits are divided by `temperature` first, as TRL's GRPO
 does so the scored distribution is the sampled one. `autocast` (the accelerator's) runs the LM head under
 the same mixed precision as the model's forward.
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from llms_trainer.data.packing import IGNORE_INDEX
-from llms_trainer.evaluation import position_ids_from_mask
-from llms_trainer.train.lm_loss import DEFAULT_CHUNK_TOKENS, Autocast, target_logprobs
+from llms_trainer.ops.lm_loss import DEFAULT_CHUNK_TOKENS, Autocast, target_logprobs
+from llms_trainer.ops.padding import position_ids_from_mask
 
 
 def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -50,11 +50,3 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
                              autocast=autocast)
     return F.pad(scored[:, :-1], (1, 0))
 
-
-def sequence_logprob_sum(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         labels_mask: torch.Tensor, *, temperature: float = 1.0,
-                         position_ids: torch.Tensor | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                         autocast: Autocast = nullcontext) -> torch.Tensor:
-    """[B] fp32: the sum of `token_logprobs` over each row's labelled tokens (DPO's sequence log-prob)."""
-    return token_logprobs(model, input_ids, attention_mask, labels_mask, temperature=temperature,
-                          position_ids=position_ids, chunk_tokens=chunk_tokens, autocast=autocast).sum(-1)
