@@ -12,7 +12,7 @@ bundled Chinese samples per optimizer step, each cut to `--max-doc-chars`, reshu
 arm has seen the same number of training *characters* after each step while an extended arm has seen fewer
 tokens (that is the point of extending). One document per row (BOS + text + EOS), loss = mean over the step's
 tokens, AdamW(0.9, 0.95) + clipping at 1.0 and the engine's own optimizer groups and schedule
-(engine.make_optimizer / make_scheduler: cosine to lr/10 after a short warmup; with +warmup the first
+(setup.make_optimizer / make_scheduler: cosine to lr/10 after a short warmup; with +warmup the first
 `--warmup-share` of the steps (at least one) train only the token embeddings at `--warmup-lr`). Held-out Chinese and English
 nats per character (eval_data/pretrain/nll.jsonl: a text's NLL as BOS + text + EOS ÷ its characters) are
 measured at step 0 and at `--eval-points` evenly spaced character budgets.
@@ -50,7 +50,7 @@ from llms_trainer.data.records import pretrain_text  # noqa: E402
 from llms_trainer.evaluation.nll import encode_document, load_nll_texts, nll_windows, window_batch  # noqa: E402
 from llms_trainer.model.embeddings import extend_embeddings  # noqa: E402
 from llms_trainer.ops.lm_loss import target_logprobs  # noqa: E402
-from llms_trainer.train import engine  # noqa: E402
+from llms_trainer.train import setup  # noqa: E402
 from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters  # noqa: E402
 
 TRAIN_FILES = [ROOT / "data/shuffled_data/pretrain/wiki_zh.jsonl", ROOT / "data/shuffled_data/pretrain/qa_zh.jsonl"]
@@ -173,11 +173,11 @@ def train_arm(arm: Arm, steps: list[list[str]], evals: list[int], tokenizers: di
     if steps:
         train = schedule(len(steps), args, warmup_steps)
         first = embedding_parameters(model) if warmup_steps else []
-        optimizer = engine.make_optimizer(model, train.lr, args.weight_decay, first)
-        scheduler = engine.make_scheduler(optimizer, train)
+        optimizer = setup.make_optimizer(model, train.lr, args.weight_decay, first)
+        scheduler = setup.make_scheduler(optimizer, train)
         new_rows = NewRowsOnly(first, len(tokenizers["original"]) if arm.warmup == "new" else None, warmup_steps)
     for step, docs in enumerate(steps, start=1):
-        engine.set_schedule_step(scheduler, step - 1)
+        setup.set_schedule_step(scheduler, step - 1)
         new_rows.update(step - 1)
         inputs, labels = window_batch([w for d in docs for w in windows(tokenizer, d)], pad_id(tokenizer), device)
         count = int((labels != -100).sum())

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from train_loop import ListLoader  # noqa: E402  (bench/ is this script's directory)
 
-from llms_trainer.train.engine import PEAK_BF16_FLOPS  # noqa: E402
+from llms_trainer.train.throughput import PEAK_BF16_FLOPS  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "real_model"
 TOKENIZER = ROOT / "configs" / "tokenizers" / "demo_base"
@@ -115,15 +115,15 @@ def build_rows(batch_size: int, steps: int) -> Path:
 def side_ours(batches: list[dict], compile_layers: bool, checkpointing: bool, turn) -> dict:
     """Our engine's optimizer steps, each when `turn()` says so; peak RSS MB at the end."""
     from llms_trainer.model.load import maybe_compile, prepare_for_training
-    from llms_trainer.train import engine
+    from llms_trainer.train import engine, setup, throughput
     from llms_trainer.train.stages import StageContext, pretrain
 
     cfg = run_config({"train_batch_size": len(batches[0]["input_ids"]), "num_training_steps": len(batches),
                       "compile": compile_layers, "gradient_checkpointing_enable": checkpointing})
-    accelerator = engine.build_accelerator(cfg)
+    accelerator = setup.build_accelerator(cfg)
     model = maybe_compile(prepare_for_training(fresh_model(), cfg.train), cfg.train, accelerator)
-    optimizer = engine.make_optimizer(model, LR, WEIGHT_DECAY)
-    scheduler = engine.make_scheduler(optimizer, cfg.train)
+    optimizer = setup.make_optimizer(model, LR, WEIGHT_DECAY)
+    scheduler = setup.make_scheduler(optimizer, cfg.train)
     model, prepared = accelerator.prepare(model, optimizer)
     run = pretrain.start(cfg, StageContext(model, None, accelerator, ListLoader(batches)))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -133,9 +133,9 @@ def side_ours(batches: list[dict], compile_layers: bool, checkpointing: bool, tu
             micro = run.next_step(1)
             engine.optimizer_step(run, model, micro, float(run.loss_divisor(micro[0])), accelerator, prepared,
                                   trainable, cfg.train.max_grad_norm, step, None)
-            engine.set_schedule_step(scheduler, step + 1)
+            setup.set_schedule_step(scheduler, step + 1)
     return {"peak_rss_mb": peak_rss_mb(), "peak_device_mb": peak_device_mb(),
-            "loss_chunk_tokens": cfg.train.loss_chunk_tokens, "flops_per_token": engine.flops_per_token(model)}
+            "loss_chunk_tokens": cfg.train.loss_chunk_tokens, "flops_per_token": throughput.flops_per_token(model)}
 
 
 def side_trainer(batches: list[dict], checkpointing: bool, turn) -> dict:

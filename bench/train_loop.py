@@ -36,7 +36,7 @@ import yaml  # noqa: E402
 
 from llms_trainer.data.shards import dump_record, write_source  # noqa: E402
 from llms_trainer.model.load import load_model_config, load_tokenizer  # noqa: E402
-from llms_trainer.train import engine  # noqa: E402
+from llms_trainer.train import setup  # noqa: E402
 from llms_trainer.train.run import run  # noqa: E402
 from llms_trainer.train.stages import Stage, pretrain  # noqa: E402
 
@@ -133,7 +133,7 @@ class PairedBareLoop:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.batches, self.marks = [{k: v.to(device) for k, v in b.items()} for b in batches], []
         self.model = fresh_model().to(device).train()
-        self.optimizer = engine.make_optimizer(self.model, LR, 0.1)
+        self.optimizer = setup.make_optimizer(self.model, LR, 0.1)
 
     def mark(self) -> None:
         sync()

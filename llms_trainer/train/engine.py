@@ -14,28 +14,20 @@ before the update; weights with NaN/inf are never saved, so the last checkpoint 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from llms_trainer.config import ConfigError, RunConfig
-from llms_trainer.io import zero_stage
-from llms_trainer.model.load import count_parameters
+from llms_trainer.config import RunConfig
 from llms_trainer.train import checkpoint as ckpt
-from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters, with_embedding_warmup
+from llms_trainer.train.embedding_warmup import NewRowsOnly, embedding_parameters
 from llms_trainer.train.errors import USER_ERRORS, NonFiniteError, stop_if_any, stop_together
+from llms_trainer.train.setup import configure_deepspeed, make_optimizer, make_scheduler, set_schedule_step
 from llms_trainer.train.stages import Stage, StageContext, StageRun, Stats
-
-BETAS = (0.9, 0.95)
-# Dense bf16 peak FLOP/s by GPU name fragment, for MFU when train.peak_flops_per_device is not given.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-                   "L4": 121e12, "RTX 4090": 165e12}
-
+from llms_trainer.train.throughput import StepClock, flops_per_token, peak_flops
 
 MAX_EMPTY_STEPS_IN_A_ROW = 8  # drawn steps without a loss item that are skipped before a run stops
 
@@ -47,137 +39,6 @@ class TrainResult:
     last_checkpoint: Path | None = None
     stop_reason: str = "num_training_steps reached"
     empty_steps: int = 0                                        # drawn steps without a loss item, skipped
-
-
-def build_accelerator(cfg: RunConfig):
-    """Accelerator for this run: gloo on CPU (DeepSpeed too), precision from train.mixed_precision."""
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if bf16_gpu else "no")
-    handlers, force_cpu = [], False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        # Several CPU processes. DDP: accelerate only goes distributed when told cpu=True (else every process
-        # trains alone). DeepSpeed: cpu=True would silently fall back to DDP, so name the gloo backend instead.
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(hours=1)))
-        else:
-            force_cpu = True
-    return Accelerator(
-        cpu=force_cpu, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-        mixed_precision=precision, log_with=cfg.train.log_with or None, project_dir=cfg.work_dir,
-        step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                   first: list[torch.nn.Parameter] | None = None) -> torch.optim.AdamW:
-    """AdamW(0.9, 0.95); no weight decay on 1-D parameters (every norm, the final one included, and biases).
-
-    `first` (2-D parameters) get a param group of their own, the first (the embedding warm-up's). The fused
-    kernel (CPU and CUDA) is used where the parameters allow it: same update, one kernel per step.
-    """
-    first = first or []
-    params = [p for p in model.parameters() if p.requires_grad]
-    rest = [p for p in params if all(p is not f for f in first)]
-    groups = [{"params": first, "weight_decay": weight_decay},
-              {"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                  for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=fusable or None)
-
-
-def make_scheduler(optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
-    """transformers' scheduler named by train.lr_scheduler_type (a LambdaLR: lr = train.lr · f(step)), after
-    train.embedding_warmup_steps when set (llms_trainer.train.embedding_warmup)."""
-    from transformers import get_scheduler
-
-    warmup = train.embedding_warmup_steps
-    kinds = {"cosine_with_min_lr": {"min_lr": train.min_lr},
-             "warmup_stable_decay": {"num_decay_steps": train.num_decay_steps or max(1, train.num_training_steps // 10),
-                                     "min_lr_ratio": train.min_lr / train.lr}}
-    scheduler = get_scheduler(train.lr_scheduler_type, optimizer, num_warmup_steps=train.num_warmup_steps,
-                              num_training_steps=train.num_training_steps - warmup,
-                              scheduler_specific_kwargs=kinds.get(train.lr_scheduler_type))
-    return with_embedding_warmup(scheduler, train)
-
-
-def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
-    """Put the schedule (and its optimizer's lr) at `step` optimizer steps done, from this run's config."""
-    scheduler.last_epoch = step
-    lrs = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-    for group, lr, base in zip(scheduler.optimizer.param_groups, lrs, scheduler.base_lrs, strict=True):
-        group["lr"], group["initial_lr"] = lr, base
-    scheduler._last_lr = lrs
-
-
-def configure_deepspeed(accelerator, train) -> None:
-    """Fill the DeepSpeed config that accelerate cannot infer (no dataloader is prepared)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = train.train_batch_size
-    ds["gradient_accumulation_steps"] = train.gradient_accumulation_steps
-    accelerator.gradient_accumulation_steps = train.gradient_accumulation_steps  # accelerate read the YAML's
-    ds["train_batch_size"] = train.train_batch_size * train.gradient_accumulation_steps * accelerator.num_processes
-    ds["gradient_clipping"] = train.max_grad_norm or 0.0
-    zero = ds.setdefault("zero_optimization", {})
-    if zero_stage(accelerator) == 3:
-        if train.use_lora:
-            raise ConfigError("key train.use_lora: LoRA under ZeRO-3 is not supported; use a ZeRO-1/2 accelerate config")
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    offload = zero.get("offload_optimizer", {}).get("device", "none")
-    if offload not in (None, "none") and not torch.cuda.is_available():
-        ds["zero_force_ds_cpu_optimizer"] = False  # CPU-only: keep torch AdamW (no compiled cpu_adam op)
-
-
-def flops_per_token(model) -> tuple[float, float]:
-    """(6·N, 12·layers·hidden): FLOPs per trained token are 6·N + 12·layers·hidden·seq (forward + backward)."""
-    config = getattr(model, "config", None)
-    n_params = count_parameters(model)[1]
-    layers, hidden = getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
-    return 6 * n_params, 12 * layers * hidden
-
-
-def peak_flops(train, precision: str) -> float | None:
-    if train.peak_flops_per_device:
-        return train.peak_flops_per_device
-    if torch.cuda.is_available() and precision in ("bf16", "fp16"):
-        name = torch.cuda.get_device_name()
-        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    return None
-
-
-class _StepClock:
-    """Tokens, rows, wall time and time waiting for data since the last log, excluding evals and saves."""
-
-    def __init__(self):
-        self.start, self.paused, self.waited, self.tokens, self.rows = time.perf_counter(), 0.0, 0.0, 0, 0
-
-    def pause(self, seconds: float) -> None:
-        self.paused += seconds
-
-    def wait(self, seconds: float) -> None:
-        """Time spent waiting for the next step's micro-batches (part of the step time)."""
-        self.waited += seconds
-
-    def add(self, tokens: int, rows: int) -> None:
-        self.tokens += tokens
-        self.rows += rows
-
-    def rate(self) -> tuple[float, float, float]:
-        """(tokens per second, mean tokens per row, share of the time spent waiting for data) since the last
-        call (this process)."""
-        elapsed = max(1e-9, time.perf_counter() - self.start - self.paused)
-        rate, per_row = self.tokens / elapsed, self.tokens / max(1, self.rows)
-        waiting = min(1.0, self.waited / elapsed)
-        self.start, self.paused, self.waited, self.tokens, self.rows = time.perf_counter(), 0.0, 0.0, 0, 0
-        return rate, per_row, waiting
 
 
 def _reduce(accelerator, values: list[float]) -> list[float]:
@@ -193,7 +54,7 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _fetch_step(run: StageRun, n: int, accelerator, clock: _StepClock) -> tuple[list[dict], float, float, bool]:
+def _fetch_step(run: StageRun, n: int, accelerator, clock: StepClock) -> tuple[list[dict], float, float, bool]:
     """(micro-batches, loss items, tokens, short) of the next step, agreed over processes.
 
     The time this process waits for its micro-batches goes to `clock`. A data error on any process (a corrupt
@@ -333,7 +194,7 @@ def train(cfg: RunConfig, stage: Stage, model, tokenizer, accelerator, data, eva
     trainable = [p for p in model.parameters() if p.requires_grad]
     flops_param, flops_attn = flops_per_token(accelerator.unwrap_model(model))
     peak = peak_flops(t, accelerator.mixed_precision)
-    clock, interval, last_plot, grad_norm, lr_used = _StepClock(), _Interval(), time.time(), None, t.lr
+    clock, interval, last_plot, grad_norm, lr_used = StepClock(), _Interval(), time.time(), None, t.lr
     bar = tqdm(total=t.num_training_steps, initial=step, disable=not accelerator.is_local_main_process,
                desc="train", dynamic_ncols=True)
 

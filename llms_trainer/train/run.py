@@ -19,7 +19,7 @@ from llms_trainer.model.load import (
     prepare_for_training,
     zero3_init_as_configured,
 )
-from llms_trainer.train import engine, workdir
+from llms_trainer.train import engine, setup, workdir
 from llms_trainer.train.checkpoint import check_resumable, resolve_resume
 from llms_trainer.train.errors import stop_together
 from llms_trainer.train.stages import Stage, StageNotAvailable, get_stage, load_config
@@ -51,7 +51,7 @@ def run(config_path: str | Path, overrides: list[str] | None = None, model_confi
         cfg = load_config(config_path, overrides)
     require_model_source(cfg, model_config, where)
     stage = stage_for(cfg, where)
-    accelerator = engine.build_accelerator(cfg)
+    accelerator = setup.build_accelerator(cfg)
     set_seed(cfg.train.seed)
     lock = None
     try:
