@@ -18,7 +18,8 @@ from llms_trainer.config.schema import (
     StageSection,
     TrainConfig,
 )
-from llms_trainer.evaluation.methods import EVAL_METHODS, dataset_files
+from llms_trainer.data.shards import dataset_files
+from llms_trainer.evaluation.methods import EVAL_METHODS
 
 
 def _looks_local(path: str) -> bool:

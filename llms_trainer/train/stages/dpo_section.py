@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llms_trainer.config import Datasets, Fail, RunConfig, Section, StageSection, bundled_files
-from llms_trainer.data.pairs import input_files
+from llms_trainer.data.shards import dataset_files
 
 
 class DPOConfig(Section):
@@ -39,11 +39,11 @@ class DPOConfig(Section):
 def check_config(cfg: RunConfig, fail: Fail) -> None:
     """The dpo stage's keys: pair files exist, label smoothing fits the loss, no pretraining sources."""
     options = cfg.dpo
-    if options is None or not input_files(options.datasets):
+    if options is None or not dataset_files(options.datasets):
         fail("dpo.datasets", "no preference-pair files; give jsonl files, globs or shard dirs of {prompt, selected, "
              "rejected} records")
     for key, value in (("dpo.datasets", options.datasets), ("dpo.eval_datasets", options.eval_datasets)):
-        for entry in input_files(value):
+        for entry in dataset_files(value):
             if not (os.path.exists(entry) or glob.glob(entry)):
                 fail(key, f"'{entry}' matches nothing")
     if options.label_smoothing and options.loss_type in ("ipo", "hinge"):

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llms_trainer.config import Datasets, Fail, RunConfig, Section, StageSection, bundled, bundled_files
-from llms_trainer.data.pairs import input_files
 from llms_trainer.data.prompts import exists
-from llms_trainer.train.rewards import check_rewards
+from llms_trainer.data.shards import dataset_files
+from llms_trainer.ops.completion_rewards import check_rewards
 
 
 class RewardFunction(Section):
@@ -74,10 +74,10 @@ class GRPOConfig(Section):
 def check_config(cfg: RunConfig, fail: Fail) -> None:
     """The grpo stage's keys: prompt files, a reward (model and/or importable functions), batch shapes."""
     g, t = cfg.grpo, cfg.train
-    if g is None or not input_files(g.prompts):
+    if g is None or not dataset_files(g.prompts):
         fail("grpo.prompts", "no prompt files; give jsonl files of {\"prompt\": ...} or {\"messages\": [...]} records")
     for key, value in (("grpo.prompts", g.prompts), ("grpo.eval_prompts", g.eval_prompts)):
-        for entry in input_files(value):
+        for entry in dataset_files(value):
             if not exists(entry):
                 fail(key, f"'{entry}' matches nothing")
     check_rewards(g, fail)
