@@ -79,9 +79,10 @@ def peak_device_mb() -> float:
 
 def run_config(train: dict):
     """A RunConfig for the engine pieces (no data files are read: the rows are pre-built)."""
-    from llms_trainer.config import RunConfig
+    from llms_trainer.config import run_config_model
+    from llms_trainer.train.stages import config_stages
 
-    return RunConfig.model_validate({
+    return run_config_model(config_stages()).model_validate({
         "data": {"data": {"samples": str(OUT / "shards")}, "seq_length": SEQ_LENGTH, "tokenizer_path": str(TOKENIZER)},
         "train": {"lr": LR, "min_lr": LR / 10, "weight_decay": WEIGHT_DECAY, "num_warmup_steps": WARMUP_STEPS,
                   "max_grad_norm": 1.0, "mixed_precision": os.environ.get("BENCH_PRECISION", "no"), **train},
