@@ -85,8 +85,8 @@ def test_no_module_imports_from_a_layer_above_it():
 
 
 def stage_of(module: str) -> str:
-    """The stage a module of train/stages belongs to (`dpo_section` is part of the dpo stage)."""
-    return module.rpartition(".")[2].removesuffix("_section")
+    """The stage a module of train/stages belongs to (`sections.dpo`, its config section, is part of dpo)."""
+    return module.removeprefix(STAGES + ".").removeprefix("sections.").partition(".")[0]
 
 
 def test_no_stage_imports_another_stage():

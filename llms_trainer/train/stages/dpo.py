@@ -68,7 +68,7 @@ from llms_trainer.ops.models import eval_mode
 from llms_trainer.ops.ranks import batches, gather_results, merge_results, rank_share
 from llms_trainer.ops.reference import build_reference, reference_of
 from llms_trainer.train.stages import Stage, StageContext
-from llms_trainer.train.stages.dpo_section import SECTION, DPOConfig
+from llms_trainer.train.stages.sections.dpo import SECTION, DPOConfig
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 

@@ -64,7 +64,7 @@ from llms_trainer.ops.models import eval_mode
 from llms_trainer.ops.padding import left_padded
 from llms_trainer.ops.reference import build_reference, reference_of
 from llms_trainer.train.stages import Stage, StageContext
-from llms_trainer.train.stages.grpo_section import SECTION
+from llms_trainer.train.stages.sections.grpo import SECTION
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
